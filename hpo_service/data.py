@@ -1,0 +1,187 @@
+"""Reading and checking a study's labelled text: local CSV/TSV/JSONL/Parquet files or a hub name.
+
+Every problem is a ``DefinitionError`` naming the ``dataset.*`` field at fault, raised before
+any trial runs.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from hpo_service.definition import DatasetSpec
+from hpo_service.errors import DefinitionError
+
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Train and eval rows with columns ``text`` (``text_pair``) and ``label`` (an id)."""
+
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    label_names: list[str]
+
+    @property
+    def is_pair(self) -> bool:
+        return "text_pair" in self.train.columns
+
+
+def load_labelled_data(spec: DatasetSpec) -> LabelledData:
+    """Read, check, split and cap the study's data; labels become ids 0..n-1."""
+    if spec.hub is not None:
+        train, evaluation = _read_hub(spec)
+    else:
+        assert spec.train is not None  # the definition guarantees train or hub
+        train = _read_file(spec, "train", spec.train)
+        evaluation = _read_file(spec, "eval", spec.eval) if spec.eval else None
+    train = _select_columns(spec, "train", train)
+    if evaluation is None:
+        train, evaluation = _hold_out(spec, train)
+    else:
+        evaluation = _select_columns(spec, "eval", evaluation)
+    label_names = _label_names(train)
+    unseen = sorted(set(evaluation["label"]) - set(label_names))
+    if unseen:
+        raise DefinitionError(
+            "dataset.label_field",
+            f"eval has labels that train lacks: {unseen[:5]} (train labels: {label_names})",
+        )
+    ids = {name: i for i, name in enumerate(label_names)}
+    train = _cap(train, spec.max_train_samples).assign(label=lambda d: d["label"].map(ids))
+    evaluation = _cap(evaluation, spec.max_eval_samples).assign(
+        label=lambda d: d["label"].map(ids)
+    )
+    return LabelledData(train=train, eval=evaluation, label_names=label_names)
+
+
+def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise DefinitionError(f"dataset.{field}", f"no such file: {location}")
+    kind = spec.format if spec.format != "auto" else _SUFFIX_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DefinitionError(
+            "dataset.format",
+            f"cannot tell the format of {path.name}; set `format` to one of csv, tsv, jsonl, "
+            "parquet",
+        )
+    try:
+        if kind in ("csv", "tsv"):
+            frame = pd.read_csv(
+                path,
+                sep="\t" if kind == "tsv" else ",",
+                header=None if spec.column_names else 0,
+                names=spec.column_names,
+                dtype=str,
+                keep_default_na=False,
+                # GLUE's TSVs hold unbalanced quotes inside sentences.
+                quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL,
+            )
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            frame = pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as error:
+        message = f"cannot read {path.name} as {kind}: {error}"
+        raise DefinitionError(f"dataset.{field}", message) from error
+    frame.columns = [str(c).strip() for c in frame.columns]  # SST-2's header ends in a space
+    if frame.empty:
+        raise DefinitionError(f"dataset.{field}", f"{location} holds no rows")
+    return frame
+
+
+def _read_hub(spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    try:
+        import datasets
+    except ImportError as error:
+        raise DefinitionError(
+            "dataset.hub",
+            "hub datasets need the `datasets` package: pip install 'hpo-service[hub]'",
+        ) from error
+    try:
+        loaded = datasets.load_dataset(spec.hub, spec.hub_config)
+    except Exception as error:  # datasets raises many kinds; all mean "cannot load this name"
+        raise DefinitionError("dataset.hub", f"cannot load {spec.hub!r}: {error}") from error
+    if spec.train_split not in loaded:
+        raise DefinitionError(
+            "dataset.train_split", f"{spec.train_split!r} not in {sorted(loaded)} of {spec.hub}"
+        )
+    train = loaded[spec.train_split].to_pandas()
+    if spec.eval_fraction is not None:
+        return train, None
+    if spec.eval_split not in loaded:
+        raise DefinitionError(
+            "dataset.eval_split", f"{spec.eval_split!r} not in {sorted(loaded)} of {spec.hub}"
+        )
+    return train, loaded[spec.eval_split].to_pandas()
+
+
+def _select_columns(spec: DatasetSpec, split: str, frame: pd.DataFrame) -> pd.DataFrame:
+    columns = list(frame.columns)
+    wanted = {"label": ("dataset.label_field", spec.label_field)}
+    for i, name in enumerate(spec.text_fields):
+        wanted["text" if i == 0 else "text_pair"] = (f"dataset.text_fields.{i}", name)
+    for field, column in wanted.values():
+        if column not in columns:
+            raise DefinitionError(
+                field, f"column {column!r} is not in the {split} data (columns: {columns})"
+            )
+    selected = frame[[column for _, column in wanted.values()]].copy()
+    selected.columns = list(wanted)
+    selected["label"] = selected["label"].astype(str).str.strip()
+    missing = selected.index[(selected["label"] == "") | selected.isna().any(axis=1)]
+    if len(missing):
+        raise DefinitionError(
+            "dataset.label_field",
+            f"{len(missing)} {split} row(s) lack a label or text (first: row {missing[0]})",
+        )
+    for column in ("text", "text_pair"):
+        if column in selected:
+            selected[column] = selected[column].astype(str)
+    return selected.reset_index(drop=True)
+
+
+def _hold_out(spec: DatasetSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    fraction = spec.eval_fraction or 0.1
+    counts = train["label"].value_counts()
+    n_eval = round(len(train) * fraction)
+    if n_eval < 1 or len(train) - n_eval < 1:
+        raise DefinitionError(
+            "dataset.eval_fraction",
+            f"holding out {fraction} of {len(train)} rows leaves a split empty",
+        )
+    stratify = train["label"] if counts.min() >= 2 and n_eval >= len(counts) else None
+    kept, held = train_test_split(
+        train, test_size=n_eval, random_state=SPLIT_SEED, stratify=stratify
+    )
+    return kept.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def _label_names(train: pd.DataFrame) -> list[str]:
+    names = list(train["label"].unique())
+    if len(names) < 2:
+        raise DefinitionError(
+            "dataset.label_field", f"classification needs 2 or more labels, but got {names}"
+        )
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _cap(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    if limit is None or len(frame) <= limit:
+        return frame
+    return frame.sample(n=limit, random_state=SPLIT_SEED).reset_index(drop=True)

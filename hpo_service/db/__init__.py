@@ -1,0 +1,1 @@
+"""hpo-service's own tables, beside Optuna's in one database."""

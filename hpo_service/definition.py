@@ -1,0 +1,442 @@
+"""The study definition: what to fine-tune, on which data, over which search space.
+
+Pure data: no I/O and no Ray, database or HTTP imports. Every model rejects unknown keys, and
+every check says which value was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+Metric = Literal["accuracy", "f1", "matthews_corrcoef", "eval_loss"]
+Direction = Literal["maximize", "minimize"]
+Scalar = bool | int | float | str
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- Parameter distributions -------------------------------------------------------------------
+
+
+class FloatRange(_Spec):
+    """A float drawn from ``[low, high]``, optionally log-scaled or on a grid of ``step``."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntRange(_Spec):
+    """An integer drawn from ``[low, high]`` in steps of ``step``, optionally log-scaled."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> IntRange:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+    def values(self) -> list[int]:
+        """Every integer this range can produce (for grid search)."""
+        return list(range(self.low, self.high + 1, self.step or 1))
+
+
+class Categorical(_Spec):
+    """One of a list of choices."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> Categorical:
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError(f"`choices` must not repeat a value, but got {self.choices}")
+        return self
+
+
+class Fixed(_Spec):
+    """One value for every trial (written as a plain scalar in a definition)."""
+
+    type: Literal["fixed"]
+    value: Scalar
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low >= high:
+        raise ValueError(f"`low < high` must hold, but got (low={low}, high={high})")
+    if log and low <= 0:
+        raise ValueError(f"`log` needs `low > 0`, but got low={low}")
+    if log and step is not None:
+        raise ValueError(f"`log` and `step` exclude each other, but got (log={log}, step={step})")
+
+
+def _scalar_as_fixed(value: Any) -> Any:
+    return value if isinstance(value, dict) else {"type": "fixed", "value": value}
+
+
+Distribution = Annotated[
+    FloatRange | IntRange | Categorical | Fixed,
+    Field(discriminator="type"),
+    BeforeValidator(_scalar_as_fixed),
+]
+
+
+# --- The knobs a study can search ---------------------------------------------------------------
+
+
+class Knob(BaseModel):
+    """What values one parameter accepts, and its value when a study leaves it out."""
+
+    kind: Literal["float", "int", "str"]
+    default: Scalar | None
+    low: float | None = None
+    high: float | None = None
+    high_inclusive: bool = True
+    choices: tuple[str, ...] = ()
+
+    def check(self, name: str, value: Scalar) -> None:
+        ok_type = {
+            "float": isinstance(value, int | float) and not isinstance(value, bool),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "str": isinstance(value, str),
+        }[self.kind]
+        if not ok_type:
+            raise ValueError(f"`{name}` takes {self.kind} values, but got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"`{name}` must be one of {list(self.choices)}, but got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ValueError(f"`{name}` must be >= {self.low}, but got {value!r}")
+        if self.high is not None and (
+            value > self.high or (not self.high_inclusive and value == self.high)
+        ):
+            sign = "<=" if self.high_inclusive else "<"
+            raise ValueError(f"`{name}` must be {sign} {self.high}, but got {value!r}")
+
+
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+
+KNOBS: dict[str, Knob] = {
+    "learning_rate": Knob(kind="float", default=5e-5, low=0.0, high=1.0),
+    "batch_size": Knob(kind="int", default=16, low=1),
+    # None: keep the dropout the model was pretrained with.
+    "dropout": Knob(kind="float", default=None, low=0.0, high=1.0, high_inclusive=False),
+    "weight_decay": Knob(kind="float", default=0.0, low=0.0),
+    "warmup_ratio": Knob(kind="float", default=0.0, low=0.0, high=1.0, high_inclusive=False),
+    "num_train_epochs": Knob(kind="int", default=3, low=1),
+    "gradient_accumulation_steps": Knob(kind="int", default=1, low=1),
+    "lr_scheduler": Knob(kind="str", default="linear", choices=LR_SCHEDULERS),
+    "seed": Knob(kind="int", default=42, low=0),
+    "max_grad_norm": Knob(kind="float", default=1.0, low=0.0),
+    "adam_epsilon": Knob(kind="float", default=1e-8, low=0.0),
+    "label_smoothing": Knob(kind="float", default=0.0, low=0.0, high=1.0, high_inclusive=False),
+}
+
+
+class Parameters(_Spec):
+    """The search space. A knob left out keeps its default (``KNOBS``) in every trial."""
+
+    learning_rate: Distribution | None = None
+    batch_size: Distribution | None = None
+    dropout: Distribution | None = None
+    weight_decay: Distribution | None = None
+    warmup_ratio: Distribution | None = None
+    num_train_epochs: Distribution | None = None
+    gradient_accumulation_steps: Distribution | None = None
+    lr_scheduler: Distribution | None = None
+    seed: Distribution | None = None
+    max_grad_norm: Distribution | None = None
+    adam_epsilon: Distribution | None = None
+    label_smoothing: Distribution | None = None
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> Parameters:
+        for name, spec in self.given().items():
+            knob = KNOBS[name]
+            if isinstance(spec, Fixed):
+                knob.check(name, spec.value)
+            elif isinstance(spec, Categorical):
+                for choice in spec.choices:
+                    knob.check(name, choice)
+            elif isinstance(spec, FloatRange) and knob.kind != "float":
+                raise ValueError(f"`{name}` takes {knob.kind} values, but got a float range")
+            elif isinstance(spec, IntRange) and knob.kind == "str":
+                raise ValueError(f"`{name}` takes one of {list(knob.choices)}, not a range")
+            else:
+                knob.check(name, spec.low)
+                knob.check(name, spec.high)
+        return self
+
+    def given(self) -> dict[str, FloatRange | IntRange | Categorical | Fixed]:
+        """The knobs this definition sets, fixed or searched."""
+        return {name: spec for name in KNOBS if (spec := getattr(self, name)) is not None}
+
+    def searched(self) -> dict[str, FloatRange | IntRange | Categorical]:
+        """The knobs that vary between trials."""
+        return {n: s for n, s in self.given().items() if not isinstance(s, Fixed)}
+
+    def fixed_values(self) -> dict[str, Scalar | None]:
+        """Every knob that does not vary, with its value (default or given)."""
+        values: dict[str, Scalar | None] = {n: k.default for n, k in KNOBS.items()}
+        for name, spec in self.given().items():
+            values[name] = spec.value if isinstance(spec, Fixed) else None
+        return {n: v for n, v in values.items() if n not in self.searched()}
+
+    def max_epochs(self) -> int:
+        """The largest number of epochs any trial can run (the early-stopping budget)."""
+        spec = self.num_train_epochs
+        if isinstance(spec, IntRange):
+            return spec.values()[-1]
+        if isinstance(spec, Categorical):
+            return max(int(c) for c in spec.choices)
+        if isinstance(spec, Fixed):
+            return int(spec.value)
+        return int(KNOBS["num_train_epochs"].default or 1)
+
+    def grid(self) -> dict[str, list[Scalar]]:
+        """The grid of every searched knob; raises ``ValueError`` for a continuous one."""
+        grid: dict[str, list[Scalar]] = {}
+        for name, spec in self.searched().items():
+            if isinstance(spec, Categorical):
+                grid[name] = list(spec.choices)
+            elif isinstance(spec, IntRange) and not spec.log:
+                grid[name] = list(spec.values())
+            elif isinstance(spec, FloatRange) and spec.step is not None and not spec.log:
+                count = math.floor((spec.high - spec.low) / spec.step + 1e-9) + 1
+                grid[name] = [round(spec.low + i * spec.step, 12) for i in range(count)]
+            else:
+                raise ValueError(
+                    f"grid search needs a finite set of values, but `{name}` is continuous "
+                    f"({spec.model_dump(exclude_none=True)}); give it `choices` or a `step`"
+                )
+        return grid
+
+
+# --- The other sections --------------------------------------------------------------------------
+
+
+class ModelSpec(_Spec):
+    """The pretrained model to fine-tune for sequence classification."""
+
+    name: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="A hub id such as `bert-base-uncased`, or a local directory. "
+        f"`{DEFAULT_MODEL}` resolves to the offline copy that ships with hpo-service.",
+    )
+    revision: str | None = Field(default=None, description="Hub branch, tag or commit.")
+
+
+class DatasetSpec(_Spec):
+    """Where the labelled text comes from and how to read it."""
+
+    train: str | None = Field(default=None, description="Training file: CSV, TSV, JSONL, Parquet.")
+    eval: str | None = Field(default=None, description="Evaluation file, same format.")
+    eval_fraction: float | None = Field(
+        default=None, gt=0, lt=1, description="Hold out this share of `train` when no `eval`."
+    )
+    hub: str | None = Field(default=None, description="A `datasets` hub name instead of files.")
+    hub_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    column_names: list[str] | None = Field(
+        default=None, min_length=1, description="Column names of a header-less CSV/TSV."
+    )
+    text_fields: list[str] = Field(
+        default=["sentence"], min_length=1, max_length=2, description="One text or a pair."
+    )
+    label_field: str = "label"
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    max_seq_length: int = Field(default=128, ge=8, le=8192)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DatasetSpec:
+        if (self.train is None) == (self.hub is None):
+            raise ValueError(
+                f"give exactly one of `train` (files) or `hub` (a datasets name), "
+                f"but got train={self.train!r}, hub={self.hub!r}"
+            )
+        if self.eval is not None and self.eval_fraction is not None:
+            raise ValueError(
+                f"give `eval` or `eval_fraction`, not both "
+                f"(eval={self.eval!r}, eval_fraction={self.eval_fraction})"
+            )
+        if self.hub is not None and (self.eval is not None):
+            raise ValueError("`eval` is a file; with `hub` name the split in `eval_split`")
+        if self.column_names is not None and self.format in ("jsonl", "parquet"):
+            raise ValueError(f"`column_names` is for header-less CSV/TSV, not {self.format}")
+        return self
+
+
+class Objective(_Spec):
+    """The metric the study optimizes, measured on the evaluation set after each epoch."""
+
+    metric: Metric = "accuracy"
+    direction: Direction | None = Field(
+        default=None, description="Defaults to minimize for eval_loss, maximize otherwise."
+    )
+
+    @property
+    def mode(self) -> Direction:
+        if self.direction is not None:
+            return self.direction
+        return "minimize" if self.metric == "eval_loss" else "maximize"
+
+
+class TpeSampler(_Spec):
+    """Optuna's Tree-structured Parzen Estimator ("Bayesian")."""
+
+    type: Literal["tpe"]
+    seed: int | None = None
+    n_startup_trials: int = Field(default=10, ge=0)
+    multivariate: bool = False
+
+
+class GridSampler(_Spec):
+    """Every point of the grid of the searched parameters, each once."""
+
+    type: Literal["grid"]
+    seed: int | None = None
+
+
+class RandomSampler(_Spec):
+    """Independent uniform (or log-uniform) draws."""
+
+    type: Literal["random"]
+    seed: int | None = None
+
+
+Sampler = Annotated[TpeSampler | GridSampler | RandomSampler, Field(discriminator="type")]
+
+
+class NoEarlyStopping(_Spec):
+    type: Literal["none"]
+
+
+class Asha(_Spec):
+    """Asynchronous successive halving; the budget is counted in epochs."""
+
+    type: Literal["asha"]
+    grace_period: int = Field(default=1, ge=1, description="Epochs every trial runs at least.")
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+EarlyStopping = Annotated[NoEarlyStopping | Asha, Field(discriminator="type")]
+
+
+class Limits(_Spec):
+    trials: int | None = Field(
+        default=None, ge=1, description="Trials to run; a grid defaults to its size, else 10."
+    )
+    concurrent_trials: int = Field(default=1, ge=1)
+    max_failed_trials: int | None = Field(
+        default=None, ge=1, description="Stop the study after this many failed trials."
+    )
+    time_budget_s: float | None = Field(default=None, gt=0)
+
+
+class Resources(_Spec):
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0, description="Fractions below 1 share a GPU.")
+
+    @model_validator(mode="after")
+    def _check_gpus(self) -> Resources:
+        if self.gpus > 1 and not float(self.gpus).is_integer():
+            raise ValueError(f"`gpus` above 1 must be a whole number, but got gpus={self.gpus}")
+        return self
+
+
+DEFAULT_TRIALS = 10
+
+
+class StudyDefinition(_Spec):
+    """A whole study, as submitted in YAML or JSON (after its preset is merged in)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique; letters, digits, `.`, `_`, `-`.")
+    description: str | None = None
+    preset: str | None = Field(default=None, description="A file in search_spaces/, no suffix.")
+    model: ModelSpec = ModelSpec()
+    dataset: DatasetSpec
+    objective: Objective = Objective()
+    parameters: Parameters = Parameters()
+    sampler: Sampler = TpeSampler(type="tpe")
+    early_stopping: EarlyStopping = NoEarlyStopping(type="none")
+    limits: Limits = Limits()
+    resources_per_trial: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> StudyDefinition:
+        if isinstance(self.sampler, GridSampler):
+            size = self.grid_size()  # raises for a continuous parameter
+            if self.limits.trials is not None and self.limits.trials > size:
+                raise ValueError(
+                    f"the grid has {size} points, so `limits.trials` must be <= {size}, "
+                    f"but got {self.limits.trials}"
+                )
+        if isinstance(self.early_stopping, Asha):
+            budget = self.parameters.max_epochs()
+            if self.early_stopping.grace_period > budget:
+                raise ValueError(
+                    f"`early_stopping.grace_period` ({self.early_stopping.grace_period}) must "
+                    f"not exceed the epoch budget ({budget})"
+                )
+        return self
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.parameters.grid().values())
+
+    @property
+    def n_trials(self) -> int:
+        if self.limits.trials is not None:
+            return self.limits.trials
+        return self.grid_size() if isinstance(self.sampler, GridSampler) else DEFAULT_TRIALS
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: the dotted field, what is wrong, and the value given."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p))
+        message = item["msg"].removeprefix("Value error, ")
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) or "but got" in message else f" (got {given!r})"
+        lines.append(f"{loc or 'definition'}: {message}{shown}")
+    return lines
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return part in ("float", "int", "categorical", "fixed", "tpe", "grid", "random", "none", "asha")

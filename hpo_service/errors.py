@@ -1,0 +1,34 @@
+"""The few errors hpo-service raises on purpose; each entry point turns them into one clear line."""
+
+from __future__ import annotations
+
+
+class HpoError(Exception):
+    """Base class of every error hpo-service raises on purpose."""
+
+
+class DefinitionError(HpoError, ValueError):
+    """A study definition (or the data it points at) is not usable.
+
+    ``field`` is the dotted path of the offending key, such as ``dataset.label_field``.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFoundError(HpoError, KeyError):
+    """A study (or preset, or trial) that was asked for does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(HpoError, ValueError):
+    """A study with that name already exists."""
+
+
+class SchemaOutdatedError(HpoError, RuntimeError):
+    """The database holds an older schema of hpo-service's tables."""

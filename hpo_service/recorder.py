@@ -1,0 +1,85 @@
+"""Ray Tune callbacks on the driver: record trials in the service's tables, stop on failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback, Stopper
+
+from hpo_service.db.store import Store
+from hpo_service.db.tables import TrialState
+from hpo_service.searcher import StudySearcher, is_early_stopped
+
+
+def trial_error_message(trial: Any) -> str:
+    """The last line of a failed trial's traceback: the exception and its message."""
+    # The driver's copy of the error file: the copy in storage is synced later.
+    path = Path(trial.error_file) if trial.error_file else None
+    text = path.read_text() if path is not None and path.is_file() else ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed without an error message"
+
+
+class TrialRecorder(Callback):
+    """Writes each trial, each epoch's evaluation and each outcome to the ``Store``."""
+
+    def __init__(self, store: Store, study: str, searcher: StudySearcher) -> None:
+        self.store = store
+        self.study = study
+        self.searcher = searcher
+        self._numbers: dict[str, int] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self.searcher.trial_number(trial.trial_id)
+        self._numbers[trial.trial_id] = number
+        params = {k: v for k, v in trial.config.items() if v is not None}
+        self.store.start_trial(self.study, number, params)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if "epoch" in result and trial.trial_id in self._numbers:
+            self.store.record_epoch(self.study, self._numbers[trial.trial_id], result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self._numbers.pop(trial.trial_id, None)
+        if number is None:  # never started: the study ended first
+            return
+        result = trial.last_result
+        if "epoch" not in result:
+            self.store.finish_trial(
+                self.study, number, TrialState.FAILED, "the trial reported no evaluation"
+            )
+        elif is_early_stopped(result):
+            self.store.finish_trial(self.study, number, TrialState.EARLY_STOPPED)
+        else:
+            self.store.finish_trial(self.study, number, TrialState.COMPLETE)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self._numbers.pop(trial.trial_id, None)
+        if number is not None:
+            self.store.finish_trial(
+                self.study, number, TrialState.FAILED, trial_error_message(trial)
+            )
+
+
+class FailedTrialLimit(Callback, Stopper):
+    """Stops the whole study once ``limit`` trials have failed (no limit when ``None``)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.failed = 0
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.failed += 1
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.limit is not None and self.failed >= self.limit
+
+    @property
+    def reached(self) -> bool:
+        return self.stop_all()

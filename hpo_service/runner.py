@@ -1,0 +1,174 @@
+"""Runs a study: checks its data, then Ray Tune + Optuna trials, recorded in SQL. The one home of
+Ray in hpo-service."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from hpo_service.data import load_labelled_data
+from hpo_service.db.migrate import ensure_schema
+from hpo_service.db.store import Store, StudyRecord, make_engine
+from hpo_service.db.tables import StudyStatus
+from hpo_service.definition import Asha, StudyDefinition
+from hpo_service.errors import AlreadyExistsError
+from hpo_service.modeling import tokenize
+from hpo_service.recorder import FailedTrialLimit, TrialRecorder
+from hpo_service.search_space import optuna_distributions, optuna_sampler
+from hpo_service.searcher import StudySearcher
+from hpo_service.settings import Settings
+from hpo_service.trainable import TrialSetup, train_trial
+
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Our own tables and Optuna's hold the results; skip Ray's CSV/JSON/TensorBoard files.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+@contextmanager
+def ray_runtime(settings: Settings) -> Iterator[None]:
+    """Ray for the study: the cluster at ``settings.ray_address``, else a fresh local one.
+
+    A Ray already initialised in this process is used as is and left running.
+    """
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    # Ray's result files are off (see _RAY_ENV); its warnings that they are missing are noise.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        yield
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    else:
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if database_url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store on ``settings.database_url``, its tables created if the database has none."""
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    return Store(engine)
+
+
+def run_study(
+    document: dict[str, Any],
+    definition: StudyDefinition,
+    settings: Settings,
+    callbacks: Sequence[tune.Callback] = (),
+) -> StudyRecord:
+    """Check the data, store the study, run every trial, and return the finished study.
+
+    Raises ``DefinitionError`` (bad data, before anything is stored) and
+    ``AlreadyExistsError`` (the name is taken).
+    """
+    store = open_store(settings)
+    if definition.name in store.study_names():
+        raise AlreadyExistsError(f"study {definition.name!r} already exists")
+    data = load_labelled_data(definition.dataset)
+    tokenized = tokenize(definition.model, data, definition.dataset.max_seq_length)
+    store.create_study(document, definition)
+    store.set_status(definition.name, StudyStatus.RUNNING)
+    setup = TrialSetup(model=definition.model, metric=definition.objective.metric, data=tokenized)
+    try:
+        with ray_runtime(settings):
+            failures = _fit(definition, settings, setup, store, callbacks)
+    except KeyboardInterrupt:
+        store.set_status(definition.name, StudyStatus.CANCELLED, "interrupted")
+        raise
+    except BaseException as error:
+        store.set_status(definition.name, StudyStatus.FAILED, f"{type(error).__name__}: {error}")
+        raise
+    if failures.reached:
+        message = f"stopped after {failures.failed} failed trials (limits.max_failed_trials)"
+        store.set_status(definition.name, StudyStatus.FAILED, message)
+    else:
+        store.set_status(definition.name, StudyStatus.COMPLETED)
+    return store.get_study(definition.name)
+
+
+def _fit(
+    definition: StudyDefinition,
+    settings: Settings,
+    setup: TrialSetup,
+    store: Store,
+    callbacks: Sequence[tune.Callback],
+) -> FailedTrialLimit:
+    mode = "max" if definition.objective.mode == "maximize" else "min"
+    searcher = StudySearcher(
+        space=optuna_distributions(definition),
+        metric="objective",
+        mode=mode,
+        sampler=optuna_sampler(definition),
+        study_name=definition.name,
+        storage=optuna_storage(settings.database_url),
+    )
+    failures = FailedTrialLimit(definition.limits.max_failed_trials)
+    resources = definition.resources_per_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, setup=setup),
+        {"cpu": resources.cpus, "gpu": resources.gpus},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=definition.parameters.fixed_values(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(definition, mode),
+            num_samples=definition.n_trials,
+            max_concurrent_trials=definition.limits.concurrent_trials,
+            time_budget_s=definition.limits.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=definition.name,
+            storage_path=str(settings.work_dir / "ray_results"),
+            callbacks=[TrialRecorder(store, definition.name, searcher), failures, *callbacks],
+            stop=failures,
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    return failures
+
+
+def _scheduler(definition: StudyDefinition, mode: str) -> TrialScheduler:
+    early_stopping = definition.early_stopping
+    if not isinstance(early_stopping, Asha):
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric="objective",
+        mode=mode,
+        max_t=definition.parameters.max_epochs(),
+        grace_period=early_stopping.grace_period,
+        reduction_factor=early_stopping.reduction_factor,
+    )
