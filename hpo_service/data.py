@@ -61,9 +61,7 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
         )
     ids = {name: i for i, name in enumerate(label_names)}
     train = _cap(train, spec.max_train_samples).assign(label=lambda d: d["label"].map(ids))
-    evaluation = _cap(evaluation, spec.max_eval_samples).assign(
-        label=lambda d: d["label"].map(ids)
-    )
+    evaluation = _cap(evaluation, spec.max_eval_samples).assign(label=lambda d: d["label"].map(ids))
     return LabelledData(train=train, eval=evaluation, label_names=label_names)
 
 

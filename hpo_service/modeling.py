@@ -90,8 +90,7 @@ def tokenize(spec: ModelSpec, data: LabelledData, max_seq_length: int) -> Tokeni
         keys = list(encoded.keys())
         labels = [int(label) for label in frame["label"]]
         return [
-            {**{k: encoded[k][i] for k in keys}, "labels": labels[i]}
-            for i in range(len(labels))
+            {**{k: encoded[k][i] for k in keys}, "labels": labels[i]} for i in range(len(labels))
         ]
 
     return TokenizedData(

@@ -109,4 +109,3 @@ def resolve_definition(document: Mapping[str, Any]) -> StudyDefinition:
 
 def definition_json_schema() -> str:
     return json.dumps(StudyDefinition.model_json_schema(), indent=2)
-

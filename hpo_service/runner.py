@@ -9,13 +9,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from hpo_service.data import load_labelled_data
 from hpo_service.db.migrate import ensure_schema
+from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.store import Store, StudyRecord, make_engine
 from hpo_service.db.tables import StudyStatus
 from hpo_service.definition import Asha, StudyDefinition
@@ -50,25 +50,19 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
         yield
         return
     if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
+        ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(
             address="local",
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             log_to_driver=False,
+            logging_level=logging.WARNING,
         )
     try:
         yield
     finally:
         ray.shutdown()
-
-
-def optuna_storage(database_url: str) -> optuna.storages.RDBStorage:
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if database_url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 30}
-    return optuna.storages.RDBStorage(database_url, engine_kwargs=engine_kwargs)
 
 
 def open_store(settings: Settings) -> Store:
