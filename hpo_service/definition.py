@@ -399,7 +399,12 @@ class StudyDefinition(_Spec):
     resources_per_trial: Resources = Resources()
 
     @model_validator(mode="after")
-    def _check_grid(self) -> StudyDefinition:
+    def _check_search(self) -> StudyDefinition:
+        if not self.parameters.searched():
+            raise ValueError(
+                "`parameters` searches nothing: give at least one parameter a range or "
+                "`choices` (a one-choice `categorical` runs a single fixed configuration)"
+            )
         if isinstance(self.sampler, GridSampler):
             size = self.grid_size()  # raises for a continuous parameter
             if self.limits.trials is not None and self.limits.trials > size:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -19,6 +21,23 @@ from hpo_service.definition import (
     StudyDefinition,
     TpeSampler,
 )
+
+
+class RayGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` once the grid is exhausted.
+
+    That call only works inside ``study.optimize``; under Ray Tune the number of trials (the
+    grid's size) ends the study instead.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
 
 
 def optuna_distributions(definition: StudyDefinition) -> dict[str, BaseDistribution]:
@@ -52,7 +71,7 @@ def optuna_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
             multivariate=sampler.multivariate,
         )
     if isinstance(sampler, GridSampler):
-        return optuna.samplers.GridSampler(definition.parameters.grid(), seed=sampler.seed)
+        return RayGridSampler(definition.parameters.grid(), seed=sampler.seed)
     if isinstance(sampler, RandomSampler):
         return optuna.samplers.RandomSampler(seed=sampler.seed)
     raise TypeError(f"unknown sampler {sampler!r}")

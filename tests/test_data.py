@@ -1,0 +1,276 @@
+"""Reading labelled text: the real GLUE files, other formats, splits and caps, and every problem
+reported as a DefinitionError on the field at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from hpo_service.data import LabelledData, load_labelled_data
+from hpo_service.definition import DatasetSpec
+from hpo_service.errors import DefinitionError
+
+COLA_COLUMNS = ["source", "label", "mark", "sentence"]
+
+
+def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    return sorted(frame.itertuples(index=False, name=None))
+
+
+# --- The GLUE files ------------------------------------------------------------------------------
+
+
+def test_sst2(shared_data: Path) -> None:
+    data = load_labelled_data(
+        DatasetSpec(train=str(shared_data / "SST-2/train.tsv"), eval=str(shared_data / "SST-2/dev.tsv"))
+    )
+    assert (len(data.train), len(data.eval)) == (67349, 872)
+    assert data.label_names == ["0", "1"]
+    assert not data.is_pair
+    assert data.train["text"].iloc[0].strip() == "hide new secretions from the parental units"
+    assert data.train["label"].iloc[0] == 0
+    assert int(data.train["label"].sum()) == 37569  # the positive ('1') sentences
+    assert set(data.eval["label"]) == {0, 1}
+
+
+def test_header_with_trailing_space_in_a_column_name(tmp_path: Path) -> None:
+    # SST-2-style TSV whose header is "sentence \tlabel " (GLUE's files pad with spaces).
+    path = tmp_path / "train.tsv"
+    path.write_text("sentence \tlabel \n" + "".join(f"text {i} \t{i % 2}\n" for i in range(20)))
+    data = load_labelled_data(DatasetSpec(train=str(path), eval_fraction=0.25))
+    assert data.label_names == ["0", "1"]
+    assert len(data.train) + len(data.eval) == 20
+
+
+def test_cola_without_header(shared_data: Path) -> None:
+    data = load_labelled_data(
+        DatasetSpec(
+            train=str(shared_data / "CoLA/train.tsv"),
+            eval=str(shared_data / "CoLA/dev.tsv"),
+            column_names=COLA_COLUMNS,
+        )
+    )
+    assert (len(data.train), len(data.eval)) == (8551, 1043)  # no row lost as a header
+    assert data.label_names == ["0", "1"]
+    assert data.train["text"].iloc[0] == (
+        "Our friends won't buy this analysis, let alone the next one we propose."
+    )
+    assert data.train["label"].iloc[0] == 1
+    assert int(data.train["label"].sum()) == 6023  # the acceptable ('1') sentences
+
+
+def test_rte_sentence_pairs_with_string_labels(shared_data: Path) -> None:
+    data = load_labelled_data(
+        DatasetSpec(
+            train=str(shared_data / "RTE/train.tsv"),
+            eval=str(shared_data / "RTE/dev.tsv"),
+            text_fields=["sentence1", "sentence2"],
+        )
+    )
+    assert (len(data.train), len(data.eval)) == (2490, 277)
+    assert data.is_pair
+    assert data.label_names == ["entailment", "not_entailment"]
+    first = data.train.iloc[0]
+    assert first["text"] == "No Weapons of Mass Destruction Found in Iraq Yet."
+    assert first["text_pair"] == "Weapons of Mass Destruction Found in Iraq."
+    assert first["label"] == 1  # not_entailment
+    assert set(data.train["label"]) == set(data.eval["label"]) == {0, 1}
+
+
+def test_max_samples_cap_both_splits(shared_data: Path) -> None:
+    spec = DatasetSpec(
+        train=str(shared_data / "SST-2/train.tsv"),
+        eval=str(shared_data / "SST-2/dev.tsv"),
+        max_train_samples=100,
+        max_eval_samples=50,
+    )
+    data = load_labelled_data(spec)
+    assert (len(data.train), len(data.eval)) == (100, 50)
+    assert data.label_names == ["0", "1"]
+    pd.testing.assert_frame_equal(data.train, load_labelled_data(spec).train)
+
+
+def test_cap_above_the_row_count_keeps_every_row(shared_data: Path) -> None:
+    data = load_labelled_data(
+        DatasetSpec(
+            train=str(shared_data / "RTE/train.tsv"),
+            eval=str(shared_data / "RTE/dev.tsv"),
+            text_fields=["sentence1", "sentence2"],
+            max_eval_samples=10_000,
+        )
+    )
+    assert len(data.eval) == 277
+
+
+def test_eval_fraction_splits_train_deterministically(shared_data: Path) -> None:
+    whole = load_labelled_data(
+        DatasetSpec(
+            train=str(shared_data / "RTE/train.tsv"),
+            eval=str(shared_data / "RTE/dev.tsv"),
+            text_fields=["sentence1", "sentence2"],
+        )
+    )
+    spec = DatasetSpec(
+        train=str(shared_data / "RTE/train.tsv"),
+        eval_fraction=0.2,
+        text_fields=["sentence1", "sentence2"],
+    )
+    split = load_labelled_data(spec)
+    assert (len(split.train), len(split.eval)) == (1992, 498)
+    # Every training row lands in exactly one of the two splits.
+    assert rows(pd.concat([split.train, split.eval])) == rows(whole.train)
+    again = load_labelled_data(spec)
+    pd.testing.assert_frame_equal(split.train, again.train)
+    pd.testing.assert_frame_equal(split.eval, again.eval)
+    # Stratified: both labels in the held-out share about as often as in train.
+    share = split.eval["label"].mean()
+    assert abs(share - whole.train["label"].mean()) < 0.01
+
+
+# --- Other formats -------------------------------------------------------------------------------
+
+
+def _reviews() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"review": [f"review number {i}" for i in range(30)], "stars": [i % 3 for i in range(30)]}
+    )
+
+
+def _check_reviews(data: LabelledData) -> None:
+    assert data.label_names == ["0", "1", "2"]
+    assert (len(data.train), len(data.eval)) == (24, 6)
+    assert set(data.eval["label"]) == {0, 1, 2}
+    texts = set(data.train["text"]) | set(data.eval["text"])
+    assert texts == {f"review number {i}" for i in range(30)}
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.jsonl"
+    _reviews().to_json(path, orient="records", lines=True)
+    spec = DatasetSpec(train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2)
+    _check_reviews(load_labelled_data(spec))
+
+
+def test_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.parquet"
+    _reviews().to_parquet(path)
+    spec = DatasetSpec(train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2)
+    _check_reviews(load_labelled_data(spec))
+
+
+def test_explicit_format_for_an_unusual_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.txt"
+    _reviews().to_json(path, orient="records", lines=True)
+    spec = DatasetSpec(
+        train=str(path),
+        format="jsonl",
+        text_fields=["review"],
+        label_field="stars",
+        eval_fraction=0.2,
+    )
+    _check_reviews(load_labelled_data(spec))
+
+
+# --- Problems ------------------------------------------------------------------------------------
+
+TRAIN_CSV = "sentence,label\n" + "".join(f"text {i},{['neg', 'pos'][i % 2]}\n" for i in range(20))
+EVAL_CSV = "sentence,label\ngood,pos\nbad,neg\nso-so,neutral\n"
+ONE_LABEL_CSV = "sentence,label\n" + "".join(f"text {i},pos\n" for i in range(20))
+
+# Each case: files to write, the DatasetSpec (file names are under tmp_path), the field at fault,
+# and texts its message must show.
+BAD_DATA = [
+    pytest.param(
+        {},
+        {"train": "missing.csv"},
+        "dataset.train",
+        ["missing.csv"],
+        id="train-file-missing",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV},
+        {"train": "train.csv", "eval": "dev.csv"},
+        "dataset.eval",
+        ["dev.csv"],
+        id="eval-file-missing",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV},
+        {"train": "train.csv", "label_field": "target"},
+        "dataset.label_field",
+        ["'target'", "'sentence'", "'label'"],
+        id="label-field-missing",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV},
+        {"train": "train.csv", "text_fields": ["text"]},
+        "dataset.text_fields.0",
+        ["'text'", "'sentence'", "'label'"],
+        id="text-field-missing",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV},
+        {"train": "train.csv", "text_fields": ["sentence", "hypothesis"]},
+        "dataset.text_fields.1",
+        ["'hypothesis'"],
+        id="second-text-field-missing",
+    ),
+    pytest.param(
+        {"train.csv": "sentence,label\n"},
+        {"train": "train.csv"},
+        "dataset.train",
+        ["train.csv"],
+        id="header-only-csv",
+    ),
+    pytest.param(
+        {"train.csv": ONE_LABEL_CSV, "dev.csv": "sentence,label\nfine,pos\n"},
+        {"train": "train.csv", "eval": "dev.csv"},
+        "dataset.label_field",
+        ["'pos'"],
+        id="single-label",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV, "dev.csv": EVAL_CSV},
+        {"train": "train.csv", "eval": "dev.csv"},
+        "dataset.label_field",
+        ["'neutral'"],
+        id="eval-label-not-in-train",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV.replace("text 3,pos", "text 3,")},
+        {"train": "train.csv"},
+        "dataset.label_field",
+        ["train"],
+        id="row-without-label",
+    ),
+    pytest.param(
+        {"train.txt": TRAIN_CSV},
+        {"train": "train.txt"},
+        "dataset.format",
+        ["train.txt"],
+        id="unknown-suffix",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "spec", "field", "shown"), BAD_DATA)
+def test_bad_data_names_field_and_value(
+    tmp_path: Path,
+    files: dict[str, str],
+    spec: dict[str, Any],
+    field: str,
+    shown: list[str],
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for key in ("train", "eval"):
+        if key in spec:
+            spec = {**spec, key: str(tmp_path / spec[key])}
+    with pytest.raises(DefinitionError) as caught:
+        load_labelled_data(DatasetSpec(**spec))
+    assert caught.value.field == field
+    for text in shown:
+        assert text in str(caught.value)
