@@ -63,6 +63,12 @@ def _settings(database_url: str | None) -> Any:
     return Settings(database_url=database_url) if database_url else Settings()
 
 
+def _store(database_url: str | None) -> Any:
+    from hpo_service.db.store import Store
+
+    return Store.open(_settings(database_url).database_url)
+
+
 def _load(file: Path) -> tuple[dict[str, Any], StudyDefinition]:
     from hpo_service.presets import read_definition_file, resolve_definition
 
@@ -96,15 +102,15 @@ def run(
 ) -> None:
     """Run a study here (local Ray, or HPO_RAY_ADDRESS) and print its best configuration."""
     from hpo_service.progress import StudyProgress
-    from hpo_service.runner import open_store, run_study
+    from hpo_service.runner import run_study
 
     document, definition = _load(file)
     settings = _settings(database_url)
     if replace:
-        _delete_finished(open_store(settings), definition.name)
+        _delete_finished(_store(database_url), definition.name)
     with StudyProgress(definition, out) as progress:
         run_study(document, definition, settings, callbacks=[progress])
-    _print_results(open_store(settings), definition.name)
+    _print_results(_store(database_url), definition.name)
 
 
 def _delete_finished(store: Any, name: str) -> None:
@@ -164,11 +170,10 @@ def best(
 ) -> None:
     """Print the best configuration of a study (the best trial that ran its full budget)."""
     from hpo_service.best import best_config, render
-    from hpo_service.runner import open_store
 
     if format not in ("json", "yaml"):
         raise HpoError(f"--format must be json or yaml, not {format!r}")
-    document = best_config(open_store(_settings(database_url)), study)
+    document = best_config(_store(database_url), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
 
 

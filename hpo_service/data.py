@@ -95,7 +95,7 @@ def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:
     except (ValueError, OSError, pd.errors.ParserError) as error:
         message = f"cannot read {path.name} as {kind}: {error}"
         raise DefinitionError(f"dataset.{field}", message) from error
-    frame.columns = [str(c).strip() for c in frame.columns]  # SST-2's header ends in a space
+    frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
         raise DefinitionError(f"dataset.{field}", f"{location} holds no rows")
     return frame

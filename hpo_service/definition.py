@@ -15,6 +15,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -181,23 +183,23 @@ class Parameters(_Spec):
     adam_epsilon: Distribution | None = None
     label_smoothing: Distribution | None = None
 
-    @model_validator(mode="after")
-    def _check_domains(self) -> Parameters:
-        for name, spec in self.given().items():
-            knob = KNOBS[name]
-            if isinstance(spec, Fixed):
-                knob.check(name, spec.value)
-            elif isinstance(spec, Categorical):
-                for choice in spec.choices:
-                    knob.check(name, choice)
-            elif isinstance(spec, FloatRange) and knob.kind != "float":
-                raise ValueError(f"`{name}` takes {knob.kind} values, but got a float range")
-            elif isinstance(spec, IntRange) and knob.kind == "str":
-                raise ValueError(f"`{name}` takes one of {list(knob.choices)}, not a range")
-            else:
-                knob.check(name, spec.low)
-                knob.check(name, spec.high)
-        return self
+    @field_validator(*KNOBS)
+    @classmethod
+    def _check_domain(cls, spec: Any, info: ValidationInfo) -> Any:
+        name, knob = info.field_name, KNOBS[info.field_name or ""]
+        if isinstance(spec, Fixed):
+            knob.check(name, spec.value)
+        elif isinstance(spec, Categorical):
+            for choice in spec.choices:
+                knob.check(name, choice)
+        elif isinstance(spec, FloatRange) and knob.kind != "float":
+            raise ValueError(f"`{name}` takes {knob.kind} values, but got a float range")
+        elif isinstance(spec, IntRange) and knob.kind == "str":
+            raise ValueError(f"`{name}` takes one of {list(knob.choices)}, not a range")
+        elif spec is not None:
+            knob.check(name, spec.low)
+            knob.check(name, spec.high)
+        return spec
 
     def given(self) -> dict[str, FloatRange | IntRange | Categorical | Fixed]:
         """The knobs this definition sets, fixed or searched."""
@@ -373,11 +375,12 @@ class Resources(_Spec):
     cpus: float = Field(default=1.0, gt=0)
     gpus: float = Field(default=0.0, ge=0, description="Fractions below 1 share a GPU.")
 
-    @model_validator(mode="after")
-    def _check_gpus(self) -> Resources:
-        if self.gpus > 1 and not float(self.gpus).is_integer():
-            raise ValueError(f"`gpus` above 1 must be a whole number, but got gpus={self.gpus}")
-        return self
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, gpus: float) -> float:
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ValueError(f"`gpus` above 1 must be a whole number, but got gpus={gpus}")
+        return gpus
 
 
 DEFAULT_TRIALS = 10

@@ -10,13 +10,14 @@ from hpo_service.data import LabelledData
 from hpo_service.definition import DEFAULT_MODEL, ModelSpec
 from hpo_service.errors import DefinitionError
 
-# Config fields that the single `dropout` knob sets, per `config.model_type`.
+# Config fields that the single `dropout` knob sets, per `config.model_type`: every dropout of
+# the model, the classification head's included (BERT's head falls back to hidden_dropout_prob).
 DROPOUT_FIELDS: dict[str, tuple[str, ...]] = {
     "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
     "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
     "xlm-roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
     "electra": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
-    "albert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "albert": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
     "distilbert": ("dropout", "attention_dropout", "seq_classif_dropout"),
 }
 
@@ -67,7 +68,10 @@ def load_model(spec: ModelSpec, label_names: list[str], dropout: float | None) -
 
     config = load_config(spec, label_names, dropout)
     return AutoModelForSequenceClassification.from_pretrained(
-        model_location(spec), revision=spec.revision, config=config
+        model_location(spec),
+        revision=spec.revision,
+        config=config,
+        ignore_mismatched_sizes=True,  # a classifier checkpoint with another number of labels
     )
 
 

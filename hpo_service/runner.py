@@ -14,9 +14,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from hpo_service.data import load_labelled_data
-from hpo_service.db.migrate import ensure_schema
 from hpo_service.db.optuna_storage import optuna_storage
-from hpo_service.db.store import Store, StudyRecord, make_engine
+from hpo_service.db.store import Store, StudyRecord
 from hpo_service.db.tables import StudyStatus
 from hpo_service.definition import Asha, StudyDefinition
 from hpo_service.errors import AlreadyExistsError
@@ -65,13 +64,6 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
         ray.shutdown()
 
 
-def open_store(settings: Settings) -> Store:
-    """The store on ``settings.database_url``, its tables created if the database has none."""
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine)
-    return Store(engine)
-
-
 def run_study(
     document: dict[str, Any],
     definition: StudyDefinition,
@@ -83,7 +75,7 @@ def run_study(
     Raises ``DefinitionError`` (bad data, before anything is stored) and
     ``AlreadyExistsError`` (the name is taken).
     """
-    store = open_store(settings)
+    store = Store.open(settings.database_url)
     if definition.name in store.study_names():
         raise AlreadyExistsError(f"study {definition.name!r} already exists")
     data = load_labelled_data(definition.dataset)

@@ -25,7 +25,9 @@ def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
 
 def test_sst2(shared_data: Path) -> None:
     data = load_labelled_data(
-        DatasetSpec(train=str(shared_data / "SST-2/train.tsv"), eval=str(shared_data / "SST-2/dev.tsv"))
+        DatasetSpec(
+            train=str(shared_data / "SST-2/train.tsv"), eval=str(shared_data / "SST-2/dev.tsv")
+        )
     )
     assert (len(data.train), len(data.eval)) == (67349, 872)
     assert data.label_names == ["0", "1"]
@@ -150,14 +152,18 @@ def _check_reviews(data: LabelledData) -> None:
 def test_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "reviews.jsonl"
     _reviews().to_json(path, orient="records", lines=True)
-    spec = DatasetSpec(train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2)
+    spec = DatasetSpec(
+        train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2
+    )
     _check_reviews(load_labelled_data(spec))
 
 
 def test_parquet(tmp_path: Path) -> None:
     path = tmp_path / "reviews.parquet"
     _reviews().to_parquet(path)
-    spec = DatasetSpec(train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2)
+    spec = DatasetSpec(
+        train=str(path), text_fields=["review"], label_field="stars", eval_fraction=0.2
+    )
     _check_reviews(load_labelled_data(spec))
 
 

@@ -149,6 +149,11 @@ BAD_DEFINITIONS = [
         ("parameters", "dropout", "1.0"),
         id="dropout-of-one",
     ),
+    pytest.param(
+        {"parameters": {"learning_rate": 3e-5}},
+        ("parameters", "searches nothing"),
+        id="nothing-searched",
+    ),
     pytest.param({"name": "../x"}, ("name", "'../x'"), id="name-with-parent-dir"),
     pytest.param({"name": "a/b"}, ("name", "'a/b'"), id="name-with-slash"),
     pytest.param({"name": ""}, ("name", "''"), id="empty-name"),

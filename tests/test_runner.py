@@ -15,7 +15,7 @@ from hpo_service.db.store import Store
 from hpo_service.db.tables import StudyStatus, TrialState
 from hpo_service.errors import AlreadyExistsError, DefinitionError
 from hpo_service.presets import merge, resolve_definition
-from hpo_service.runner import open_store, run_study
+from hpo_service.runner import run_study
 from hpo_service.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
@@ -47,7 +47,7 @@ def tiny_study(name: str, model: Path, files: tuple[Path, Path], **overrides: An
 def run(document: dict, database_url: str, tmp_path: Path) -> tuple[StudyStatus, Store]:
     settings = Settings(database_url=database_url, work_dir=tmp_path / "work")
     record = run_study(document, resolve_definition(document), settings)
-    return record.status, open_store(settings)
+    return record.status, Store.open(settings.database_url)
 
 
 def optuna_trials(database_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -247,7 +247,7 @@ def test_bad_data_is_refused_before_anything_is_stored(
     with pytest.raises(DefinitionError) as error:
         run(document, sqlite_url, tmp_path)
     assert error.value.field == "dataset.label_field"
-    assert open_store(Settings(database_url=sqlite_url)).study_names() == []
+    assert Store.open(Settings(database_url=sqlite_url).database_url).study_names() == []
 
 
 def test_a_taken_name_is_refused_and_the_first_study_kept(
@@ -260,6 +260,6 @@ def test_a_taken_name_is_refused_and_the_first_study_kept(
     run(document, sqlite_url, tmp_path)
     with pytest.raises(AlreadyExistsError):
         run(document, sqlite_url, tmp_path)
-    store = open_store(Settings(database_url=sqlite_url))
+    store = Store.open(Settings(database_url=sqlite_url).database_url)
     assert store.get_study("twice").status == StudyStatus.COMPLETED
     assert len(store.trials("twice")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -10,11 +11,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from hpo_service.db.tables import TABLE_PREFIX
 from hpo_service.errors import SchemaOutdatedError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-VERSION_TABLE = "hpo_alembic_version"
+VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"  # Optuna stamps the default alembic_version
 UPGRADE_COMMAND = "hpo db upgrade"
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Autogenerate sees only hpo-service's tables, never Optuna's."""
+    if type_ == "table":
+        return bool(name) and name.startswith(TABLE_PREFIX)
+    return True
 
 
 def alembic_config(engine: Engine) -> Config:

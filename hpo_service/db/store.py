@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from hpo_service.db.migrate import ensure_schema
 from hpo_service.db.tables import (
     EpochRow,
     StudyRow,
@@ -108,6 +109,16 @@ class Store:
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(make_engine(url))
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """The store at ``url``, its tables created if the database has none yet.
+
+        Raises ``SchemaOutdatedError`` if they are on an older schema.
+        """
+        engine = make_engine(url)
+        ensure_schema(engine)
+        return cls(engine)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Ray pickles the experiment's callbacks; an engine travels as its URL.

@@ -6,20 +6,11 @@ version table ``hpo_alembic_version`` and autogenerate looks only at tables name
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from hpo_service.db.tables import TABLE_PREFIX, Base
-
-VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"
-
-
-def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    if type_ == "table":
-        return bool(name) and name.startswith(TABLE_PREFIX)
-    return True
+from hpo_service.db.migrate import VERSION_TABLE, include_name
+from hpo_service.db.tables import Base
 
 
 def run_migrations() -> None:

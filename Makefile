@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` (run the example study) and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install demo test lint clean
+
+install: $(INSTALLED)
+
+# torch is pinned in pyproject.toml and installed in the same command as everything else.
+$(INSTALLED): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+## Run the example study end to end on the embedded defaults (SQLite file, local Ray, MiniLM).
+demo: $(INSTALLED)
+	$(BIN)/hpo run examples/sentiment.yaml --replace
+
+## Lint and run the whole test suite (slow end-to-end tests included).
+test: $(INSTALLED) lint
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .hpo hpo.db hpo.db-shm hpo.db-wal
