@@ -25,6 +25,8 @@ db_app = typer.Typer(help="The database's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 out = Console()
+if not out.is_terminal:  # a pipe or CI log: room for the trial table's columns
+    out = Console(width=160)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,9 +103,12 @@ def run(
     ] = False,
 ) -> None:
     """Run a study here (local Ray, or HPO_RAY_ADDRESS) and print its best configuration."""
+    import optuna
+
     from hpo_service.progress import StudyProgress
     from hpo_service.runner import run_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     document, definition = _load(file)
     settings = _settings(database_url)
     if replace:

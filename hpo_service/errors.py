@@ -32,3 +32,7 @@ class AlreadyExistsError(HpoError, ValueError):
 
 class SchemaOutdatedError(HpoError, RuntimeError):
     """The database holds an older schema of hpo-service's tables."""
+
+
+class RayUnavailableError(HpoError, ConnectionError):
+    """The Ray cluster named in the settings cannot be reached."""

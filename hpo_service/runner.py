@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.store import Store, StudyRecord
 from hpo_service.db.tables import StudyStatus
 from hpo_service.definition import Asha, StudyDefinition
-from hpo_service.errors import AlreadyExistsError
+from hpo_service.errors import AlreadyExistsError, RayUnavailableError
 from hpo_service.modeling import tokenize
 from hpo_service.recorder import FailedTrialLimit, TrialRecorder
 from hpo_service.search_space import optuna_distributions, optuna_sampler
@@ -49,7 +50,17 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
         yield
         return
     if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        _check_reachable(settings.ray_address)
+        try:
+            ray.init(
+                address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING
+            )
+        except ConnectionError as error:
+            raise RayUnavailableError(
+                f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={settings.ray_address}: "
+                f"{error}. A cluster started by `ray start` wants token authentication: set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token)"
+            ) from error
     else:
         ray.init(
             address="local",
@@ -62,6 +73,19 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a cluster address nobody answers at (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise RayUnavailableError(
+            f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={address}: {error}"
+        ) from error
 
 
 def run_study(
@@ -80,12 +104,22 @@ def run_study(
         raise AlreadyExistsError(f"study {definition.name!r} already exists")
     data = load_labelled_data(definition.dataset)
     tokenized = tokenize(definition.model, data, definition.dataset.max_seq_length)
-    store.create_study(document, definition)
-    store.set_status(definition.name, StudyStatus.RUNNING)
     setup = TrialSetup(model=definition.model, metric=definition.objective.metric, data=tokenized)
+    with ray_runtime(settings):  # before the study is stored: no cluster, no study
+        store.create_study(document, definition)
+        return _run_stored(store, definition, settings, setup, callbacks)
+
+
+def _run_stored(
+    store: Store,
+    definition: StudyDefinition,
+    settings: Settings,
+    setup: TrialSetup,
+    callbacks: Sequence[tune.Callback],
+) -> StudyRecord:
+    store.set_status(definition.name, StudyStatus.RUNNING)
     try:
-        with ray_runtime(settings):
-            failures = _fit(definition, settings, setup, store, callbacks)
+        failures = _fit(definition, settings, setup, store, callbacks)
     except KeyboardInterrupt:
         store.set_status(definition.name, StudyStatus.CANCELLED, "interrupted")
         raise
