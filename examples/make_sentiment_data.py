@@ -10,12 +10,48 @@ import csv
 import random
 from pathlib import Path
 
-SUBJECTS = ["the film", "this movie", "the acting", "the plot", "the soundtrack", "the ending",
-            "the script", "the cast", "the dialogue", "the direction", "the pacing", "the story"]
-POSITIVE = ["wonderful", "brilliant", "moving", "delightful", "gripping", "superb", "charming",
-            "funny", "beautiful", "clever", "heartfelt", "memorable"]
-NEGATIVE = ["dull", "boring", "clumsy", "tedious", "awful", "predictable", "forgettable",
-            "lifeless", "painful", "confusing", "shallow", "bland"]
+SUBJECTS = [
+    "the film",
+    "this movie",
+    "the acting",
+    "the plot",
+    "the soundtrack",
+    "the ending",
+    "the script",
+    "the cast",
+    "the dialogue",
+    "the direction",
+    "the pacing",
+    "the story",
+]
+POSITIVE = [
+    "wonderful",
+    "brilliant",
+    "moving",
+    "delightful",
+    "gripping",
+    "superb",
+    "charming",
+    "funny",
+    "beautiful",
+    "clever",
+    "heartfelt",
+    "memorable",
+]
+NEGATIVE = [
+    "dull",
+    "boring",
+    "clumsy",
+    "tedious",
+    "awful",
+    "predictable",
+    "forgettable",
+    "lifeless",
+    "painful",
+    "confusing",
+    "shallow",
+    "bland",
+]
 INTENSIFIERS = ["", "really ", "truly ", "rather ", "utterly ", "quite "]
 OPENERS = ["", "honestly, ", "i thought ", "in the end ", "to be fair, ", "sadly, ", "overall "]
 

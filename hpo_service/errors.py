@@ -30,6 +30,15 @@ class AlreadyExistsError(HpoError, ValueError):
     """A study with that name already exists."""
 
 
+class ConflictError(HpoError):
+    """The study is in a state that does not allow this (cancel a finished one, delete a running
+    one)."""
+
+
+class PayloadTooLargeError(HpoError, ValueError):
+    """A submitted document is larger than the service accepts."""
+
+
 class SchemaOutdatedError(HpoError, RuntimeError):
     """The database holds an older schema of hpo-service's tables."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback, Stopper
 
 from hpo_service.db.store import Store
-from hpo_service.db.tables import TrialState
+from hpo_service.db.tables import StudyStatus, TrialState
 from hpo_service.searcher import StudySearcher, is_early_stopped
 
 
@@ -67,9 +68,9 @@ class TrialRecorder(Callback):
 class FailedTrialLimit(Callback, Stopper):
     """Stops the whole study once ``limit`` trials have failed (no limit when ``None``)."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, already_failed: int = 0) -> None:
         self.limit = limit
-        self.failed = 0
+        self.failed = already_failed
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.failed += 1
@@ -83,3 +84,24 @@ class FailedTrialLimit(Callback, Stopper):
     @property
     def reached(self) -> bool:
         return self.stop_all()
+
+
+class CancelWatch(Stopper):
+    """Stops the whole study once it is cancelled in the database (checked every few seconds)."""
+
+    def __init__(self, store: Store, study: str, interval_s: float = 2.0) -> None:
+        self.store = store
+        self.study = study
+        self.interval_s = interval_s
+        self._checked_at = 0.0
+        self._cancelled = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked_at >= self.interval_s:
+            self._checked_at = now
+            self._cancelled = self.store.get_study(self.study).status == StudyStatus.CANCELLED
+        return self._cancelled

@@ -13,21 +13,24 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.stopper import CombinedStopper
 
 from hpo_service.data import load_labelled_data
-from hpo_service.db.optuna_storage import optuna_storage
+from hpo_service.db.optuna_storage import fail_running_optuna_trials, optuna_storage
 from hpo_service.db.store import Store, StudyRecord
-from hpo_service.db.tables import StudyStatus
+from hpo_service.db.tables import StudyStatus, TrialState
 from hpo_service.definition import Asha, StudyDefinition
-from hpo_service.errors import AlreadyExistsError, RayUnavailableError
+from hpo_service.errors import AlreadyExistsError, HpoError, RayUnavailableError
 from hpo_service.modeling import tokenize
-from hpo_service.recorder import FailedTrialLimit, TrialRecorder
+from hpo_service.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.search_space import optuna_distributions, optuna_sampler
 from hpo_service.searcher import StudySearcher
 from hpo_service.settings import Settings
 from hpo_service.trainable import TrialSetup, train_trial
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
+INTERRUPTED = "interrupted: the study's driver stopped before this trial finished"
+_RUNNABLE = {StudyStatus.QUEUED, StudyStatus.RUNNING}
 _RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Our own tables and Optuna's hold the results; skip Ray's CSV/JSON/TensorBoard files.
@@ -64,6 +67,7 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
     else:
         ray.init(
             address="local",
+            num_cpus=settings.ray_num_cpus,
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             log_to_driver=False,
@@ -96,51 +100,87 @@ def run_study(
 ) -> StudyRecord:
     """Check the data, store the study, run every trial, and return the finished study.
 
-    Raises ``DefinitionError`` (bad data, before anything is stored) and
-    ``AlreadyExistsError`` (the name is taken).
+    Raises ``DefinitionError`` (bad data, before anything is stored),
+    ``AlreadyExistsError`` (the name is taken) and ``RayUnavailableError``.
     """
     store = Store.open(settings.database_url)
     if definition.name in store.study_names():
         raise AlreadyExistsError(f"study {definition.name!r} already exists")
-    data = load_labelled_data(definition.dataset)
-    tokenized = tokenize(definition.model, data, definition.dataset.max_seq_length)
-    setup = TrialSetup(model=definition.model, metric=definition.objective.metric, data=tokenized)
+    setup = prepare_trials(definition)
     with ray_runtime(settings):  # before the study is stored: no cluster, no study
         store.create_study(document, definition)
-        return _run_stored(store, definition, settings, setup, callbacks)
+        return _run(store, definition, settings, setup, callbacks)
 
 
-def _run_stored(
+def resume_study(
+    name: str, settings: Settings, callbacks: Sequence[tune.Callback] = ()
+) -> StudyRecord:
+    """Run a stored study to its end: a queued one from the start, an interrupted one onwards.
+
+    Trials that a dead driver left running are recorded as failed (in Optuna too) and count
+    towards the study's trials; the rest of its trials run, so it ends with exactly
+    ``limits.trials`` finished trials.
+    """
+    store = Store.open(settings.database_url)
+    record = store.get_study(name)
+    definition = StudyDefinition.model_validate(record.resolved_definition)
+    try:
+        setup = prepare_trials(definition)
+    except HpoError as error:
+        store.set_status(name, StudyStatus.FAILED, str(error))
+        raise
+    with ray_runtime(settings):
+        return _run(store, definition, settings, setup, callbacks)
+
+
+def prepare_trials(definition: StudyDefinition) -> TrialSetup:
+    """Read, check and tokenize the study's data once, for every trial."""
+    data = load_labelled_data(definition.dataset)
+    tokenized = tokenize(definition.model, data, definition.dataset.max_seq_length)
+    return TrialSetup(model=definition.model, metric=definition.objective.metric, data=tokenized)
+
+
+def _run(
     store: Store,
     definition: StudyDefinition,
     settings: Settings,
     setup: TrialSetup,
     callbacks: Sequence[tune.Callback],
 ) -> StudyRecord:
-    store.set_status(definition.name, StudyStatus.RUNNING)
+    name = definition.name
+    if not store.set_status(name, StudyStatus.RUNNING, only_from=_RUNNABLE):
+        return store.get_study(name)  # cancelled before it started
+    failed_before = store.get_study(name).trial_counts[TrialState.FAILED]
+    interrupted = store.fail_running_trials(name, INTERRUPTED)
+    if interrupted:
+        fail_running_optuna_trials(settings.database_url, name)
+    remaining = definition.n_trials - store.finished_trial_count(name)
+    failures = FailedTrialLimit(definition.limits.max_failed_trials, failed_before)
     try:
-        failures = _fit(definition, settings, setup, store, callbacks)
+        if remaining > 0:
+            _fit(definition, remaining, settings, setup, store, [failures, *callbacks])
     except KeyboardInterrupt:
-        store.set_status(definition.name, StudyStatus.CANCELLED, "interrupted")
+        store.set_status(name, StudyStatus.CANCELLED, "interrupted", only_from=_RUNNABLE)
         raise
     except BaseException as error:
-        store.set_status(definition.name, StudyStatus.FAILED, f"{type(error).__name__}: {error}")
+        store.set_status(name, StudyStatus.FAILED, f"{type(error).__name__}: {error}")
         raise
     if failures.reached:
         message = f"stopped after {failures.failed} failed trials (limits.max_failed_trials)"
-        store.set_status(definition.name, StudyStatus.FAILED, message)
+        store.set_status(name, StudyStatus.FAILED, message, only_from=_RUNNABLE)
     else:
-        store.set_status(definition.name, StudyStatus.COMPLETED)
-    return store.get_study(definition.name)
+        store.set_status(name, StudyStatus.COMPLETED, only_from=_RUNNABLE)
+    return store.get_study(name)
 
 
 def _fit(
     definition: StudyDefinition,
+    n_trials: int,
     settings: Settings,
     setup: TrialSetup,
     store: Store,
     callbacks: Sequence[tune.Callback],
-) -> FailedTrialLimit:
+) -> None:
     mode = "max" if definition.objective.mode == "maximize" else "min"
     searcher = StudySearcher(
         space=optuna_distributions(definition),
@@ -150,7 +190,7 @@ def _fit(
         study_name=definition.name,
         storage=optuna_storage(settings.database_url),
     )
-    failures = FailedTrialLimit(definition.limits.max_failed_trials)
+    stoppers = [c for c in callbacks if isinstance(c, tune.Stopper)]
     resources = definition.resources_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, setup=setup),
@@ -162,7 +202,7 @@ def _fit(
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=_scheduler(definition, mode),
-            num_samples=definition.n_trials,
+            num_samples=n_trials,
             max_concurrent_trials=definition.limits.concurrent_trials,
             time_budget_s=definition.limits.time_budget_s,
             reuse_actors=True,
@@ -170,14 +210,13 @@ def _fit(
         run_config=tune.RunConfig(
             name=definition.name,
             storage_path=str(settings.work_dir / "ray_results"),
-            callbacks=[TrialRecorder(store, definition.name, searcher), failures, *callbacks],
-            stop=failures,
+            callbacks=[TrialRecorder(store, definition.name, searcher), *callbacks],
+            stop=CombinedStopper(CancelWatch(store, definition.name), *stoppers),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         ),
     )
     tuner.fit()
-    return failures
 
 
 def _scheduler(definition: StudyDefinition, mode: str) -> TrialScheduler:

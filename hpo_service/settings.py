@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def normalize_database_url(url: str) -> str:
@@ -20,13 +22,25 @@ def normalize_database_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Where results are stored and where trials run."""
+    """Where results are stored, where trials run, and how the service serves."""
 
     model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
 
     database_url: str = "sqlite:///hpo.db"
     ray_address: str | None = None
+    ray_num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs of the local Ray a study starts (default: all)."
+    )
     work_dir: Path = Path(".hpo")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_running_studies: int = Field(default=1, ge=1)
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="Folders that submitted dataset paths may point into (os.pathsep-separated).",
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    scheduler_interval_s: float = Field(default=1.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -37,3 +51,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @field_validator("data_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        return [root.expanduser().resolve() for root in roots]

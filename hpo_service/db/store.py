@@ -154,16 +154,28 @@ class Store:
             raise AlreadyExistsError(f"study {definition.name!r} already exists") from error
         return self.get_study(definition.name)
 
-    def set_status(self, name: str, status: StudyStatus, error: str | None = None) -> None:
-        """Move a study to ``status``, stamping when it started or finished."""
+    def set_status(
+        self,
+        name: str,
+        status: StudyStatus,
+        error: str | None = None,
+        only_from: set[StudyStatus] | None = None,
+    ) -> bool:
+        """Move a study to ``status``, stamping when it started or finished.
+
+        With ``only_from``, only a study in one of those states moves; returns whether it did.
+        """
         with self._session() as session:
-            row = self._study_row(session, name)
+            row = self._study_row(session, name, for_update=True)
+            if only_from is not None and row.status not in only_from:
+                return False
             row.status = status
             if status == StudyStatus.RUNNING and row.started_at is None:
                 row.started_at = utcnow()
             if status.is_finished:
                 row.finished_at = utcnow()
             row.error = error
+            return True
 
     def get_study(self, name: str) -> StudyRecord:
         """The study called ``name``; raises ``NotFoundError``."""
@@ -242,6 +254,24 @@ class Store:
             trial.finished_at = utcnow()
             trial.error = error
 
+    def fail_running_trials(self, study: str, error: str) -> int:
+        """Record every trial still running as failed (its driver died); returns how many."""
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            rows = session.scalars(
+                select(TrialRow).where(
+                    TrialRow.study_id == study_row.id, TrialRow.state == TrialState.RUNNING
+                )
+            ).all()
+            for row in rows:
+                row.state, row.error, row.finished_at = TrialState.FAILED, error, utcnow()
+            return len(rows)
+
+    def finished_trial_count(self, study: str) -> int:
+        """Trials that are complete, early-stopped or failed."""
+        counts = self.get_study(study).trial_counts
+        return sum(n for state, n in counts.items() if state != TrialState.RUNNING)
+
     def trials(self, study: str, with_curves: bool = False) -> list[TrialRecord]:
         """The study's trials by number, with their learning curves if asked."""
         with self._session() as session:
@@ -273,8 +303,9 @@ class Store:
     # --- rows --------------------------------------------------------------------------------
 
     @staticmethod
-    def _study_row(session: Session, name: str) -> StudyRow:
-        row = session.scalars(select(StudyRow).where(StudyRow.name == name)).first()
+    def _study_row(session: Session, name: str, for_update: bool = False) -> StudyRow:
+        query = select(StudyRow).where(StudyRow.name == name)
+        row = session.scalars(query.with_for_update() if for_update else query).first()
         if row is None:
             raise NotFoundError(f"no study named {name!r}")
         return row
