@@ -1,0 +1,5 @@
+"""hpo-service: hyperparameter optimization studies for fine-tuning transformer classifiers."""
+
+from importlib.metadata import version
+
+__version__ = version("hpo-service")

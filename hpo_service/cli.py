@@ -60,9 +60,13 @@ def _clear_errors(command: F) -> F:
 
 
 def _settings(database_url: str | None) -> Any:
+    return _settings_with(database_url=database_url) if database_url else _settings_with()
+
+
+def _settings_with(**overrides: Any) -> Any:
     from hpo_service.settings import Settings
 
-    return Settings(database_url=database_url) if database_url else Settings()
+    return Settings(**overrides)
 
 
 def _store(database_url: str | None) -> Any:
@@ -180,6 +184,35 @@ def best(
         raise HpoError(f"--format must be json or yaml, not {format!r}")
     document = best_config(_store(database_url), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
+
+
+@app.command()
+@_clear_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides HPO_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides HPO_PORT (8000).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Serve the REST API and the Optuna dashboard, and run submitted studies."""
+    import uvicorn
+
+    from hpo_service.api.app import create_app
+
+    overrides = {"host": host, "port": port, "database_url": database_url}
+    settings = _settings_with(**{k: v for k, v in overrides.items() if v is not None})
+    application = create_app(settings)
+    err.print(
+        f"hpo-service on http://{settings.host}:{settings.port}: API under /v1 (docs at /docs), "
+        f"Optuna dashboard at /dashboard, database {_safe_url(settings.database_url)}",
+        highlight=False,
+    )
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()

@@ -434,16 +434,21 @@ class StudyDefinition(_Spec):
         return self.grid_size() if isinstance(self.sampler, GridSampler) else DEFAULT_TRIALS
 
 
-def describe_errors(error: ValidationError) -> list[str]:
-    """One line per problem: the dotted field, what is wrong, and the value given."""
-    lines = []
+def error_items(error: ValidationError) -> list[tuple[str, str]]:
+    """Each problem as (dotted field, what is wrong with the value given)."""
+    items = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p))
         message = item["msg"].removeprefix("Value error, ")
         given = item.get("input")
         shown = "" if isinstance(given, dict) or "but got" in message else f" (got {given!r})"
-        lines.append(f"{loc or 'definition'}: {message}{shown}")
-    return lines
+        items.append((loc or "definition", f"{message}{shown}"))
+    return items
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: the dotted field, what is wrong, and the value given."""
+    return [f"{loc}: {message}" for loc, message in error_items(error)]
 
 
 def _is_union_tag(part: str | int) -> bool:

@@ -1,0 +1,126 @@
+"""The FastAPI application: API under /v1, health probes, and the Optuna dashboard at the root.
+
+Built by ``create_app(settings)`` in the entry point. This process never imports torch or
+transformers: studies run in driver processes that the scheduler starts.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import optuna_dashboard
+from a2wsgi import WSGIMiddleware
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from hpo_service import __version__
+from hpo_service.api.routes import router
+from hpo_service.api.schemas import Readiness
+from hpo_service.db.optuna_storage import optuna_storage
+from hpo_service.db.store import Store
+from hpo_service.definition import error_items
+from hpo_service.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    DefinitionError,
+    HpoError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from hpo_service.scheduler import Scheduler
+from hpo_service.settings import Settings
+
+_STATUS = {
+    NotFoundError: 404,
+    AlreadyExistsError: 409,
+    ConflictError: 409,
+    PayloadTooLargeError: 413,
+}
+
+
+def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
+    """The service on ``settings``; ``schedule=False`` serves the API without running studies."""
+    store = Store.open(settings.database_url)  # refuses an outdated schema before serving
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(settings, store) if schedule else None
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+
+    app = FastAPI(
+        title="hpo-service",
+        version=__version__,
+        summary="Hyperparameter optimization studies for fine-tuning transformer classifiers.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.include_router(router)
+    _add_probes(app, settings, store)
+    _add_error_handlers(app)
+    # Last: the dashboard owns every path the API does not (/dashboard, /api, /static, /csv).
+    app.mount("/", WSGIMiddleware(optuna_dashboard.wsgi(optuna_storage(settings.database_url))))
+    return app
+
+
+def _add_probes(app: FastAPI, settings: Settings, store: Store) -> None:
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], response_model=Readiness)
+    def readyz() -> JSONResponse:
+        """The database answers, and so does the Ray cluster if one is configured."""
+        checks = {"database": _check_database(store), "ray": _check_ray(settings)}
+        ready = all(value.startswith("ok") for value in checks.values())
+        return JSONResponse(checks, status_code=200 if ready else 503)
+
+
+def _check_database(store: Store) -> str:
+    try:
+        with store.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:  # any failure means not ready; the probe says which
+        return f"unreachable: {type(error).__name__}"
+    return "ok"
+
+
+def _check_ray(settings: Settings) -> str:
+    if not settings.ray_address:
+        return "ok: a local Ray starts with each study"
+    host, _, port = settings.ray_address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return f"ok: {settings.ray_address} is resolved by each driver"
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as error:
+        return f"unreachable: {settings.ray_address}: {error}"
+    return f"ok: {settings.ray_address}"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DefinitionError)
+    async def definition_error(request: Request, error: DefinitionError) -> JSONResponse:
+        loc = error.field.split(".")
+        return JSONResponse({"detail": [{"loc": loc, "msg": error.message}]}, status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def validation_error(request: Request, error: ValidationError) -> JSONResponse:
+        detail = [{"loc": loc.split("."), "msg": msg} for loc, msg in error_items(error)]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(HpoError)
+    async def hpo_error(request: Request, error: HpoError) -> JSONResponse:
+        code = next((c for kind, c in _STATUS.items() if isinstance(error, kind)), 400)
+        return JSONResponse({"detail": str(error)}, status_code=code)

@@ -1,0 +1,215 @@
+"""The REST API, version 1: studies, their trials and best configurations, presets."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
+
+from hpo_service.api.schemas import (
+    Message,
+    Preset,
+    StudyDetail,
+    StudyPage,
+    StudySummary,
+    TrialDetail,
+    TrialList,
+    TrialSummary,
+    ValidationErrors,
+)
+from hpo_service.best import best_config, render
+from hpo_service.db.store import Store
+from hpo_service.db.tables import StudyStatus
+from hpo_service.errors import DefinitionError, NotFoundError, PayloadTooLargeError
+from hpo_service.presets import list_presets, load_preset, parse_document
+from hpo_service.settings import Settings
+from hpo_service.studies import cancel_study, delete_study, submit_study
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StudyName = Annotated[str, "the study's name"]
+
+router = APIRouter(prefix="/v1")
+
+EXAMPLE_DEFINITION = {
+    "name": "sst2-minilm",
+    "preset": "default",
+    "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+    "dataset": {
+        "train": "SST-2/train.tsv",
+        "eval": "SST-2/dev.tsv",
+        "text_fields": ["sentence"],
+        "label_field": "label",
+        "max_train_samples": 2000,
+    },
+    "objective": {"metric": "accuracy"},
+    "parameters": {"num_train_epochs": 3},
+    "early_stopping": {"type": "asha", "grace_period": 1},
+    "limits": {"trials": 20, "concurrent_trials": 2},
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Message, "description": "No study of that name."},
+    409: {"model": Message, "description": "The study's state does not allow this."},
+}
+
+
+@router.post(
+    "/studies",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudySummary,
+    summary="Submit a study",
+    responses={
+        409: {"model": Message, "description": "A study of that name exists."},
+        413: {"model": Message, "description": "The body is over the size limit."},
+        422: {"model": ValidationErrors, "description": "One entry per bad field."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A study definition (see `hpo schema`), as JSON or YAML.",
+            "content": {
+                "application/json": {"example": EXAMPLE_DEFINITION},
+                "application/yaml": {"example": "name: sst2-minilm\npreset: default\n..."},
+            },
+        }
+    },
+)
+async def create_study(
+    request: Request, response: Response, store: StoreDep, settings: SettingsDep
+) -> StudySummary:
+    """Queue a study; it starts when a slot is free, in order of submission."""
+    body = await _read_body(request, settings.max_body_bytes)
+    document = _parse_body(body, request.headers.get("content-type", ""))
+    record = await run_in_threadpool(submit_study, document, store, settings)
+    response.headers["Location"] = f"/v1/studies/{record.name}"
+    return StudySummary.of(record, None)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DefinitionError("body", "is not UTF-8 text") from error
+    if "json" in content_type:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DefinitionError(
+                "body", f"not valid JSON: {error.msg} at line {error.lineno}"
+            ) from error
+        if not isinstance(document, dict):
+            raise DefinitionError("body", f"must be an object, but got {type(document).__name__}")
+        return document
+    return parse_document(text, source="body")
+
+
+@router.get("/studies", response_model=StudyPage, summary="List studies")
+def list_studies(
+    store: StoreDep,
+    status: Annotated[StudyStatus | None, Query(description="Only studies in this state.")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> StudyPage:
+    """Studies in order of submission, a page at a time."""
+    names = store.study_names(status)
+    items = [
+        StudySummary.of(store.get_study(name), store.best_trial(name))
+        for name in names[offset : offset + limit]
+    ]
+    return StudyPage(items=items, total=len(names), offset=offset, limit=limit)
+
+
+@router.get("/studies/{name}", response_model=StudyDetail, responses=ERRORS)
+def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
+    """Status, trial counts, progress, best so far, timestamps and error of one study."""
+    record = store.get_study(name)
+    summary = StudySummary.of(record, store.best_trial(name))
+    return StudyDetail(
+        **summary.model_dump(),
+        definition=record.definition,
+        resolved_definition=record.resolved_definition,
+    )
+
+
+@router.get("/studies/{name}/trials", response_model=TrialList, responses=ERRORS)
+def list_trials(name: StudyName, store: StoreDep) -> TrialList:
+    """Every trial: parameters, state, objective, metrics, epochs and duration."""
+    return TrialList(items=[TrialSummary.of(t) for t in store.trials(name)])
+
+
+@router.get("/studies/{name}/trials/{number}", response_model=TrialDetail, responses=ERRORS)
+def get_trial(name: StudyName, number: int, store: StoreDep) -> TrialDetail:
+    """One trial with its learning curve (one evaluation per epoch)."""
+    for trial in store.trials(name, with_curves=True):
+        if trial.number == number:
+            return TrialDetail.of(trial)
+    raise NotFoundError(f"study {name!r} has no trial {number}")
+
+
+@router.get(
+    "/studies/{name}/best",
+    responses={
+        **ERRORS,
+        200: {
+            "description": "The best configuration.",
+            "content": {"application/json": {}, "application/yaml": {}},
+        },
+    },
+)
+def get_best(
+    name: StudyName,
+    store: StoreDep,
+    format: Annotated[Literal["json", "yaml"], Query()] = "json",
+) -> Response:
+    """The best trial that ran its full budget, as a document for CI (JSON or YAML)."""
+    document = best_config(store, name)
+    if format == "yaml":
+        return PlainTextResponse(render(document, "yaml"), media_type="application/yaml")
+    return Response(render(document, "json"), media_type="application/json")
+
+
+@router.post("/studies/{name}/cancel", response_model=StudySummary, responses=ERRORS)
+def cancel(name: StudyName, store: StoreDep) -> StudySummary:
+    """Cancel a queued or running study: running trials stop and no new ones start."""
+    record = cancel_study(name, store)
+    return StudySummary.of(record, store.best_trial(name))
+
+
+@router.delete("/studies/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+def delete(name: StudyName, store: StoreDep, settings: SettingsDep) -> Response:
+    """Delete a finished study with its trials, and Optuna's copy of it."""
+    delete_study(name, store, settings.database_url)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/presets", response_model=list[Preset], summary="Search-space presets")
+def presets() -> list[Preset]:
+    """The presets in search_spaces/, each with the source it follows."""
+    return [
+        Preset(name=name, source=source, document=load_preset(name))
+        for name, source in list_presets().items()
+    ]

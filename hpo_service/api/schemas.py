@@ -1,0 +1,147 @@
+"""What the REST API sends back. Database rows never reach a client: these are built from the
+store's frozen records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hpo_service.db.store import EpochRecord, StudyRecord, TrialRecord
+from hpo_service.db.tables import StudyStatus, TrialState
+
+
+class Objective(BaseModel):
+    metric: str
+    direction: str
+
+
+class Progress(BaseModel):
+    finished: int = Field(description="Trials complete, early-stopped or failed.")
+    total: int = Field(description="Trials the study runs.")
+    fraction: float
+
+
+class BestSoFar(BaseModel):
+    trial: int
+    objective: float
+    params: dict[str, Any]
+
+
+class StudySummary(BaseModel):
+    name: str
+    status: StudyStatus
+    objective: Objective
+    trial_counts: dict[TrialState, int]
+    progress: Progress
+    best: BestSoFar | None = Field(description="The best trial that ran its full budget.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def of(cls, study: StudyRecord, best: TrialRecord | None) -> StudySummary:
+        finished = sum(n for s, n in study.trial_counts.items() if s != TrialState.RUNNING)
+        return cls(
+            name=study.name,
+            status=study.status,
+            objective=Objective(metric=study.objective_metric, direction=study.direction),
+            trial_counts=study.trial_counts,
+            progress=Progress(
+                finished=finished,
+                total=study.n_trials,
+                fraction=round(finished / study.n_trials, 4) if study.n_trials else 0.0,
+            ),
+            best=None
+            if best is None or best.objective is None
+            else BestSoFar(trial=best.number, objective=best.objective, params=best.params),
+            created_at=study.created_at,
+            started_at=study.started_at,
+            finished_at=study.finished_at,
+            error=study.error,
+        )
+
+
+class StudyDetail(StudySummary):
+    definition: dict[str, Any] = Field(description="The definition as submitted.")
+    resolved_definition: dict[str, Any] = Field(description="After its preset was merged in.")
+
+
+class StudyPage(BaseModel):
+    items: list[StudySummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class Metrics(BaseModel):
+    accuracy: float | None
+    f1: float | None
+    matthews_corrcoef: float | None
+    eval_loss: float | None
+
+
+class TrialSummary(BaseModel):
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    objective: float | None
+    metrics: Metrics
+    epochs: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    error: str | None
+
+    @classmethod
+    def of(cls, trial: TrialRecord) -> TrialSummary:
+        return cls(
+            number=trial.number,
+            state=trial.state,
+            params=trial.params,
+            objective=trial.objective,
+            metrics=Metrics(**trial.metrics),
+            epochs=trial.epochs,
+            started_at=trial.started_at,
+            finished_at=trial.finished_at,
+            duration_s=trial.duration_s,
+            error=trial.error,
+        )
+
+
+class TrialDetail(TrialSummary):
+    learning_curve: list[EpochRecord] = Field(description="One evaluation per epoch.")
+
+    @classmethod
+    def of(cls, trial: TrialRecord) -> TrialDetail:
+        return cls(**TrialSummary.of(trial).model_dump(), learning_curve=trial.learning_curve)
+
+
+class TrialList(BaseModel):
+    items: list[TrialSummary]
+
+
+class Preset(BaseModel):
+    name: str
+    source: str
+    document: dict[str, Any]
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrors(BaseModel):
+    detail: list[ErrorItem]
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class Readiness(BaseModel):
+    database: str
+    ray: str
