@@ -16,9 +16,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
 	touch $@
 
-## Run the example study end to end on the embedded defaults (SQLite file, local Ray, MiniLM).
+## Start the service on the embedded defaults (SQLite file, local Ray, offline MiniLM), submit
+## the example study over REST, follow it to the end and print the best configuration.
 demo: $(INSTALLED)
-	$(BIN)/hpo run examples/sentiment.yaml --replace
+	bash examples/demo.sh
 
 ## Lint and run the whole test suite (slow end-to-end tests included).
 test: $(INSTALLED) lint
@@ -29,4 +30,4 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .hpo hpo.db hpo.db-shm hpo.db-wal
+	rm -rf $(VENV) .hpo hpo.db hpo.db-shm hpo.db-wal .hpo-demo-server.log

@@ -1,0 +1,109 @@
+"""A real `hpo serve` process on a loopback port, for tests that talk HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`hpo serve` in a child process; ``url`` is its base URL, ``client`` an httpx client."""
+
+    def __init__(
+        self,
+        database_url: str,
+        work_dir: Path,
+        data_roots: list[Path],
+        port: int | None = None,
+        **env: str,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.work_dir = work_dir
+        self.log_path = work_dir / f"server-{self.port}.log"
+        self.env = dict(
+            os.environ,
+            HPO_DATABASE_URL=database_url,
+            HPO_WORK_DIR=str(work_dir),
+            HPO_DATA_ROOTS=os.pathsep.join(str(p) for p in data_roots),
+            HPO_PORT=str(self.port),
+            HPO_SCHEDULER_INTERVAL_S="0.5",
+            **env,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self, timeout: float = 60) -> Service:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [BIN / "hpo", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.work_dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"hpo serve exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"hpo serve did not answer: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait_for(self, name: str, statuses: set[str], timeout: float = 300) -> dict:
+        """Poll a study until its status is one of ``statuses``; returns the last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            study = self.client.get(f"/v1/studies/{name}").json()
+            if study.get("status") in statuses:
+                return study
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"study {name} still {study.get('status')}: {study}")
+            time.sleep(0.5)
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self.client.close()
