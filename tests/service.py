@@ -33,6 +33,7 @@ class Service:
         port: int | None = None,
         **env: str,
     ) -> None:
+        self.database_url = database_url
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.work_dir = work_dir
