@@ -50,7 +50,10 @@ class TrialRecorder(Callback):
         result = trial.last_result
         if "epoch" not in result:
             self.store.finish_trial(
-                self.study, number, TrialState.FAILED, "the trial reported no evaluation"
+                self.study,
+                number,
+                TrialState.FAILED,
+                "stopped before its first evaluation (the study was cancelled or out of time)",
             )
         elif is_early_stopped(result):
             self.store.finish_trial(self.study, number, TrialState.EARLY_STOPPED)
