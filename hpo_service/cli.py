@@ -1,9 +1,11 @@
-"""The ``hpo`` command: run and validate studies, list presets, read results."""
+"""The ``hpo`` command: run and validate studies, list presets, read results, and talk to a
+running hpo-service (``--server`` or ``HPO_SERVER_URL``)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -11,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpo_service.definition import StudyDefinition, describe_errors
@@ -40,6 +43,21 @@ DatabaseUrl = Annotated[
         help="Overrides HPO_DATABASE_URL (default sqlite:///hpo.db).",
     ),
 ]
+StudyName = Annotated[str, typer.Argument(help="The study's name.", show_default=False)]
+POLL_S = 1.0  # how often `hpo submit --wait` asks the service
+
+
+def _server_option(when_absent: str) -> Any:
+    """``--server URL``, or HPO_SERVER_URL: the base URL of a running ``hpo serve``."""
+    return typer.Option(
+        "--server",
+        envvar="HPO_SERVER_URL",
+        help=f"hpo-service's base URL; {when_absent}.",
+        show_default=False,
+    )
+
+
+ServerUrl = Annotated[str | None, _server_option("default http://127.0.0.1:8000")]
 
 
 def _clear_errors(command: F) -> F:
@@ -51,9 +69,9 @@ def _clear_errors(command: F) -> F:
             return command(*args, **kwargs)
         except ValidationError as error:
             for line in describe_errors(error):
-                err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
-        except HpoError as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+        except HpoError as error:  # ServiceError too: the server's answer, in one line
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
@@ -140,23 +158,8 @@ def _print_results(store: Any, name: str) -> None:
     from hpo_service.best import best_config, render
 
     record = store.get_study(name)
-    trials = store.trials(name)
-    searched = sorted(
-        StudyDefinition.model_validate(record.resolved_definition).parameters.searched()
-    )
-    table = Table(title=f"{name}: {record.status.value}")
-    for column in ("trial", "state", record.objective_metric, "epochs", "seconds", *searched):
-        table.add_column(column)
-    for trial in trials:
-        table.add_row(
-            str(trial.number),
-            trial.state.value,
-            "" if trial.objective is None else f"{trial.objective:.4f}",
-            str(trial.epochs),
-            "" if trial.duration_s is None else f"{trial.duration_s:.1f}",
-            *(_short(trial.params.get(p)) for p in searched),
-        )
-    out.print(table)
+    title = f"{name}: {record.status.value}"
+    _print_trials(title, record.objective_metric, record.resolved_definition, store.trials(name))
     if record.error:
         err.print(f"[red]study error:[/red] {record.error}", highlight=False)
     if store.best_trial(name) is None:
@@ -166,6 +169,37 @@ def _print_results(store: Any, name: str) -> None:
     out.print_json(render(best_config(store, name), "json"))
 
 
+def _print_trials(title: str, metric: str, definition: dict[str, Any], trials: list[Any]) -> None:
+    """A table of trials: the store's records or the API's, which share these field names."""
+    searched = _searched(definition)
+    columns = ("trial", "state", metric, "epochs", "seconds", *searched)
+    rows = [
+        (
+            str(trial.number),
+            trial.state.value,
+            _number(trial.objective, ".4f"),
+            str(trial.epochs),
+            _number(trial.duration_s, ".1f"),
+            *(_short(trial.params.get(p)) for p in searched),
+        )
+        for trial in trials
+    ]
+    _print_table(columns, rows, title=title)
+
+
+def _print_table(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], title: str | None = None
+) -> None:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -173,17 +207,199 @@ def _short(value: Any) -> str:
 @app.command()
 @_clear_errors
 def best(
-    study: Annotated[str, typer.Argument(help="The study's name.")],
+    study: StudyName,
     format: Annotated[str, typer.Option("--format", "-f", help="json or yaml.")] = "json",
     database_url: DatabaseUrl = None,
+    server: Annotated[
+        str | None, _server_option("ask it instead of the database, unless --database-url is given")
+    ] = None,
 ) -> None:
     """Print the best configuration of a study (the best trial that ran its full budget)."""
     from hpo_service.best import best_config, render
 
     if format not in ("json", "yaml"):
         raise HpoError(f"--format must be json or yaml, not {format!r}")
+    if server and not database_url:
+        with _client(server) as client:
+            typer.echo(client.best(study, format))
+        return
     document = best_config(_store(database_url), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
+
+
+def _client(server: str | None) -> Any:
+    from hpo_service.client import DEFAULT_URL, ServiceClient
+
+    return ServiceClient(server or DEFAULT_URL)
+
+
+@app.command()
+@_clear_errors
+def submit(
+    file: DefinitionFile,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow it to its end: exit 0 if it completes, 1 if not."),
+    ] = False,
+    server: ServerUrl = None,
+) -> None:
+    """Submit a study to hpo-service, which runs it when a slot is free."""
+    from hpo_service.presets import read_definition_file
+
+    document = read_definition_file(file)  # relative dataset paths become absolute
+    with _client(server) as client:
+        study = client.submit(document)
+        out.print(f"submitted {study.name}: {study.status.value}", highlight=False)
+        if wait:
+            _report_end(_follow(client, study.name))
+
+
+def _follow(client: Any, name: str) -> Any:
+    """Poll the study until it ends, with a live bar of finished trials; its last state."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    fields = (TimeElapsedColumn(), TextColumn("{task.fields[summary]}"))
+    try:
+        with Progress(*columns, *fields, console=out) as bar:
+            study = client.study(name)
+            task = bar.add_task(escape(name), total=study.progress.total, summary="")
+            while True:
+                bar.update(task, completed=study.progress.finished, summary=_summary(study))
+                if study.status.is_finished:
+                    return study
+                time.sleep(POLL_S)
+                study = client.study(name)
+    except KeyboardInterrupt:
+        err.print(f"stopped following {name}; it goes on (hpo cancel stops it)", highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _summary(study: Any) -> str:
+    """Status, trials by state and the best objective so far, in one line."""
+    parts = [study.status.value, _counts(study)]
+    if study.best is not None:
+        parts.append(f"best {study.objective.metric} {study.best.objective:.4f}")
+    return escape(" · ".join(part for part in parts if part))
+
+
+def _counts(study: Any) -> str:
+    return ", ".join(f"{n} {state.value}" for state, n in study.trial_counts.items() if n)
+
+
+def _report_end(study: Any) -> None:
+    """Exit 0 for a completed study; 1, with the study's error, for a failed or cancelled one."""
+    if study.status.value == "completed":
+        best = "no trial ran its full budget" if study.best is None else f"best {_best(study)}"
+        out.print(f"{study.name} completed: {best}", highlight=False)
+        return
+    error = escape(study.error or "no error recorded")
+    err.print(f"[red]{study.name} {study.status.value}:[/red] {error}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _best(study: Any) -> str:
+    """The best trial so far: its objective and the values of the searched parameters."""
+    params = study.best.params
+    chosen = ", ".join(f"{p}={_short(params.get(p))}" for p in _searched(study.resolved_definition))
+    metric = study.objective.metric
+    return f"{metric} {study.best.objective:.4f} (trial {study.best.trial}): {chosen}"
+
+
+def _searched(definition: dict[str, Any]) -> list[str]:
+    """The parameters a study searches, in order of name."""
+    return sorted(StudyDefinition.model_validate(definition).parameters.searched())
+
+
+@app.command()
+@_clear_errors
+def studies(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only those queued, running, completed, failed or cancelled."),
+    ] = None,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Show at most this many.")] = 50,
+    server: ServerUrl = None,
+) -> None:
+    """The service's studies in order of submission, with progress and best objective."""
+    with _client(server) as client:
+        page = client.studies(status, offset, limit)
+    columns = ("study", "status", "trials", "objective", "best", "submitted")
+    rows = [
+        (
+            s.name,
+            s.status.value,
+            f"{s.progress.finished}/{s.progress.total}",
+            s.objective.metric,
+            "" if s.best is None else f"{s.best.objective:.4f}",
+            _when(s.created_at),
+        )
+        for s in page.items
+    ]
+    _print_table(columns, rows)
+    shown = offset + len(page.items)
+    if page.total > shown:
+        out.print(f"studies {offset + 1}-{shown} of {page.total}; --offset {shown} shows more")
+
+
+@app.command()
+@_clear_errors
+def status(name: StudyName, server: ServerUrl = None) -> None:
+    """A study's status, progress, trials by state, best so far and error."""
+    with _client(server) as client:
+        study = client.study(name)
+    progress = study.progress
+    facts = {
+        "status": study.status.value,
+        "progress": f"{progress.finished}/{progress.total} trials ({progress.fraction:.0%})",
+        "trials": _counts(study) or "none yet",
+        "objective": f"{study.objective.direction} {study.objective.metric}",
+        "best": "none yet" if study.best is None else _best(study),
+        "submitted": _when(study.created_at),
+        "started": _when(study.started_at),
+        "finished": _when(study.finished_at),
+        "error": study.error or "",
+    }
+    grid = Table.grid(padding=(0, 2))
+    for key, value in facts.items():
+        if value:
+            grid.add_row(f"[bold]{key}[/bold]", escape(value))
+    out.print(f"[bold]{escape(study.name)}[/bold]")
+    out.print(grid)
+
+
+def _when(moment: Any) -> str:
+    return "" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+@_clear_errors
+def trials(name: StudyName, server: ServerUrl = None) -> None:
+    """A study's trials: state, objective, epochs, seconds and the searched parameters."""
+    with _client(server) as client:
+        study = client.study(name)
+        items = client.trials(name).items
+    title = f"{name}: {study.status.value}"
+    _print_trials(title, study.objective.metric, study.resolved_definition, items)
+
+
+@app.command()
+@_clear_errors
+def cancel(name: StudyName, server: ServerUrl = None) -> None:
+    """Cancel a queued or running study: running trials stop and no new ones start."""
+    with _client(server) as client:
+        study = client.cancel(name)
+    out.print(f"{study.name}: {study.status.value}", highlight=False)
+
+
+@app.command()
+@_clear_errors
+def delete(name: StudyName, server: ServerUrl = None) -> None:
+    """Delete a finished study and its trials from the service (cancel a running one first)."""
+    with _client(server) as client:
+        client.delete(name)
+    out.print(f"deleted {name}", highlight=False)
 
 
 @app.command()

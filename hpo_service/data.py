@@ -7,6 +7,7 @@ any trial runs.
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,23 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
     train = _cap(train, spec.max_train_samples).assign(label=lambda d: d["label"].map(ids))
     evaluation = _cap(evaluation, spec.max_eval_samples).assign(label=lambda d: d["label"].map(ids))
     return LabelledData(train=train, eval=evaluation, label_names=label_names)
+
+
+def dataset_fingerprint(spec: DatasetSpec) -> str:
+    """SHA-256 of the data files' names and bytes (of the name and splits, for a hub dataset)."""
+    digest = hashlib.sha256()
+    if spec.hub is not None:
+        digest.update(f"hub:{spec.hub}:{spec.hub_config}:{spec.train_split}".encode())
+        digest.update(f":{spec.eval_split}:{spec.eval_fraction}".encode())
+    for location in (spec.train, spec.eval):
+        if location is None:
+            continue
+        path = Path(location).expanduser()
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:

@@ -45,3 +45,14 @@ class SchemaOutdatedError(HpoError, RuntimeError):
 
 class RayUnavailableError(HpoError, ConnectionError):
     """The Ray cluster named in the settings cannot be reached."""
+
+
+class ServiceError(HpoError):
+    """hpo-service answered a client's request with an error, or could not be reached.
+
+    ``status_code`` is the HTTP status of the answer, or ``None`` when none came.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code

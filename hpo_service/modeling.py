@@ -37,9 +37,7 @@ def dropout_overrides(config: Any, dropout: float | None) -> dict[str, float]:
     """The config fields to set for one ``dropout`` value; raises if the model has none."""
     if dropout is None:
         return {}
-    fields = DROPOUT_FIELDS.get(config.model_type)
-    if fields is None:  # an unlisted family: use the BERT-style fields if it has them
-        fields = DROPOUT_FIELDS["bert"]
+    fields = dropout_fields(config.model_type)
     if not all(hasattr(config, f) for f in fields):
         raise DefinitionError(
             "parameters.dropout",
@@ -47,6 +45,18 @@ def dropout_overrides(config: Any, dropout: float | None) -> dict[str, float]:
             "leave `dropout` out of the parameters for this model",
         )
     return dict.fromkeys(fields, dropout)
+
+
+def model_type(spec: ModelSpec) -> str:
+    """The model's family as its config names it (``bert``, ``roberta``, ``albert``, …)."""
+    from transformers import AutoConfig
+
+    return str(AutoConfig.from_pretrained(model_location(spec), revision=spec.revision).model_type)
+
+
+def dropout_fields(model_type: str) -> tuple[str, ...]:
+    """The config fields the ``dropout`` knob sets for a model family (BERT's for the unlisted)."""
+    return DROPOUT_FIELDS.get(model_type, DROPOUT_FIELDS["bert"])
 
 
 def load_config(spec: ModelSpec, label_names: list[str], dropout: float | None = None) -> Any:

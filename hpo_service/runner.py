@@ -8,6 +8,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Any
 
 import ray
@@ -15,13 +16,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.stopper import CombinedStopper
 
-from hpo_service.data import load_labelled_data
+from hpo_service.data import dataset_fingerprint, load_labelled_data
 from hpo_service.db.optuna_storage import fail_running_optuna_trials, optuna_storage
-from hpo_service.db.store import Store, StudyRecord
+from hpo_service.db.store import RunEnvironment, Store, StudyRecord
 from hpo_service.db.tables import StudyStatus, TrialState
 from hpo_service.definition import Asha, StudyDefinition
 from hpo_service.errors import AlreadyExistsError, HpoError, RayUnavailableError
-from hpo_service.modeling import tokenize
+from hpo_service.modeling import model_type, tokenize
 from hpo_service.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.search_space import optuna_distributions, optuna_sampler
 from hpo_service.searcher import StudySearcher
@@ -140,6 +141,15 @@ def prepare_trials(definition: StudyDefinition) -> TrialSetup:
     return TrialSetup(model=definition.model, metric=definition.objective.metric, data=tokenized)
 
 
+def run_environment(definition: StudyDefinition) -> RunEnvironment:
+    """The model's type, the data's fingerprint and the library versions trials run with."""
+    return RunEnvironment(
+        model_type=model_type(definition.model),
+        dataset_fingerprint=dataset_fingerprint(definition.dataset),
+        **{f"{name}_version": version(name) for name in ("torch", "transformers", "optuna", "ray")},
+    )
+
+
 def _run(
     store: Store,
     definition: StudyDefinition,
@@ -150,6 +160,7 @@ def _run(
     name = definition.name
     if not store.set_status(name, StudyStatus.RUNNING, only_from=_RUNNABLE):
         return store.get_study(name)  # cancelled before it started
+    store.record_run_environment(name, run_environment(definition))
     failed_before = store.get_study(name).trial_counts[TrialState.FAILED]
     interrupted = store.fail_running_trials(name, INTERRUPTED)
     if interrupted:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.cwd()],
         description="Folders that submitted dataset paths may point into (os.pathsep-separated).",
+    )
+    auth: Literal["auto", "on"] = Field(
+        default="auto",
+        description="auto: tokens are required unless the service binds a loopback address.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     scheduler_interval_s: float = Field(default=1.0, gt=0)

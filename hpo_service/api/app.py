@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from hpo_service import __version__
+from hpo_service.api.auth import TokenAuth, auth_required, login_router
+from hpo_service.api.metrics import add_metrics
 from hpo_service.api.routes import router
 from hpo_service.api.schemas import Readiness
 from hpo_service.db.optuna_storage import optuna_storage
@@ -66,10 +68,14 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.include_router(router)
+    app.include_router(login_router)
     _add_probes(app, settings, store)
+    add_metrics(app, store)
     _add_error_handlers(app)
     # Last: the dashboard owns every path the API does not (/dashboard, /api, /static, /csv).
     app.mount("/", WSGIMiddleware(optuna_dashboard.wsgi(optuna_storage(settings.database_url))))
+    if auth_required(settings.host, settings.auth):
+        app.add_middleware(TokenAuth, store=store)  # in front of everything, dashboard included
     return app
 
 

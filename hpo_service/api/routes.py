@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
 
 from hpo_service.api.schemas import (
     Message,
@@ -20,7 +19,7 @@ from hpo_service.api.schemas import (
     TrialSummary,
     ValidationErrors,
 )
-from hpo_service.best import best_config, render
+from hpo_service.best import Format, best_config, render
 from hpo_service.db.store import Store
 from hpo_service.db.tables import StudyStatus
 from hpo_service.errors import DefinitionError, NotFoundError, PayloadTooLargeError
@@ -58,6 +57,12 @@ EXAMPLE_DEFINITION = {
     "parameters": {"num_train_epochs": 3},
     "early_stopping": {"type": "asha", "grace_period": 1},
     "limits": {"trials": 20, "concurrent_trials": 2},
+}
+MEDIA_TYPES: dict[Format, str] = {
+    "json": "application/json",
+    "yaml": "application/yaml",
+    "env": "text/plain",
+    "training-args": "application/json",
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Message, "description": "No study of that name."},
@@ -176,20 +181,18 @@ def get_trial(name: StudyName, number: int, store: StoreDep) -> TrialDetail:
         **ERRORS,
         200: {
             "description": "The best configuration.",
-            "content": {"application/json": {}, "application/yaml": {}},
+            "content": {media_type: {} for media_type in MEDIA_TYPES.values()},
         },
     },
 )
 def get_best(
     name: StudyName,
     store: StoreDep,
-    format: Annotated[Literal["json", "yaml"], Query()] = "json",
+    format: Annotated[Format, Query(description="json, yaml, env or training-args")] = "json",
 ) -> Response:
-    """The best trial that ran its full budget, as a document for CI (JSON or YAML)."""
-    document = best_config(store, name)
-    if format == "yaml":
-        return PlainTextResponse(render(document, "yaml"), media_type="application/yaml")
-    return Response(render(document, "json"), media_type="application/json")
+    """The best trial that ran its full budget, as a versioned document for CI: JSON or YAML,
+    `KEY=VALUE` lines for a CI environment file, or the `TrainingArguments` keywords alone."""
+    return Response(render(best_config(store, name), format), media_type=MEDIA_TYPES[format])
 
 
 @router.post("/studies/{name}/cancel", response_model=StudySummary, responses=ERRORS)

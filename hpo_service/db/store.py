@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from hpo_service.db.migrate import ensure_schema
 from hpo_service.db.tables import (
+    ApiTokenRow,
     EpochRow,
+    Scope,
     StudyRow,
     StudyStatus,
     TrialRow,
@@ -67,6 +69,19 @@ class TrialRecord(BaseModel):
         return {m: getattr(self, m) for m in METRIC_COLUMNS}
 
 
+class RunEnvironment(BaseModel):
+    """What a study's trials ran with: the model's type, the data's fingerprint, versions."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    model_type: str
+    dataset_fingerprint: str
+    torch_version: str
+    transformers_version: str
+    optuna_version: str
+    ray_version: str
+
+
 class StudyRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -82,6 +97,17 @@ class StudyRecord(BaseModel):
     finished_at: datetime | None
     error: str | None
     trial_counts: dict[TrialState, int]
+    run_environment: RunEnvironment | None
+
+
+class TokenRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    name: str
+    prefix: str
+    scope: Scope
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 def make_engine(url: str) -> Engine:
@@ -201,7 +227,16 @@ class Store:
                 finished_at=row.finished_at,
                 error=row.error,
                 trial_counts={state: counts.get(state, 0) for state in TrialState},
+                run_environment=None
+                if row.model_type is None
+                else RunEnvironment.model_validate(row),
             )
+
+    def record_run_environment(self, name: str, environment: RunEnvironment) -> None:
+        with self._session() as session:
+            row = self._study_row(session, name)
+            for field, value in environment.model_dump().items():
+                setattr(row, field, value)
 
     def study_names(self, status: StudyStatus | None = None) -> list[str]:
         """Names of the studies (with ``status``), oldest first."""
@@ -210,6 +245,31 @@ class Store:
             query = query.where(StudyRow.status == status)
         with self._session() as session:
             return list(session.scalars(query))
+
+    def study_counts(self) -> dict[StudyStatus, int]:
+        with self._session() as session:
+            rows = session.execute(
+                select(StudyRow.status, func.count()).group_by(StudyRow.status)
+            ).all()
+        counts = dict(rows)
+        return {status: counts.get(status, 0) for status in StudyStatus}
+
+    def trial_state_counts(self) -> dict[TrialState, int]:
+        """Trials by state, over every study."""
+        with self._session() as session:
+            rows = session.execute(select(TrialRow.state, func.count()).group_by(TrialRow.state))
+            counts = dict(rows.all())
+        return {state: counts.get(state, 0) for state in TrialState}
+
+    def finished_trial_durations(self) -> list[float]:
+        """Seconds each finished trial took, over every study."""
+        with self._session() as session:
+            rows = session.execute(
+                select(TrialRow.started_at, TrialRow.finished_at).where(
+                    TrialRow.finished_at.is_not(None)
+                )
+            ).all()
+        return [(end - start).total_seconds() for start, end in rows]
 
     def delete_study(self, name: str) -> None:
         with self._session() as session:
@@ -299,6 +359,41 @@ class Store:
                 .options(selectinload(TrialRow.epoch_results))
             ).first()
             return _trial_record(best, with_curve=True) if best is not None else None
+
+    # --- API tokens ----------------------------------------------------------------------------
+
+    def add_token(self, name: str, token_hash: str, prefix: str, scope: Scope) -> TokenRecord:
+        """Store a token's hash; raises ``AlreadyExistsError`` if the name is taken."""
+        row = ApiTokenRow(name=name, token_hash=token_hash, prefix=prefix, scope=scope)
+        try:
+            with self._session() as session:
+                session.add(row)
+        except IntegrityError as error:
+            raise AlreadyExistsError(f"a token named {name!r} already exists") from error
+        return TokenRecord.model_validate(row)
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._session() as session:
+            rows = session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id)).all()
+            return [TokenRecord.model_validate(row) for row in rows]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke a token for good; raises ``NotFoundError``."""
+        with self._session() as session:
+            row = session.scalars(select(ApiTokenRow).where(ApiTokenRow.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no token named {name!r}")
+            row.revoked_at = row.revoked_at or utcnow()
+
+    def live_token_hashes(self, prefix: str) -> list[tuple[str, Scope]]:
+        """(hash, scope) of the unrevoked tokens whose secret starts with ``prefix``."""
+        with self._session() as session:
+            rows = session.execute(
+                select(ApiTokenRow.token_hash, ApiTokenRow.scope).where(
+                    ApiTokenRow.prefix == prefix, ApiTokenRow.revoked_at.is_(None)
+                )
+            ).all()
+            return [(token_hash, scope) for token_hash, scope in rows]
 
     # --- rows --------------------------------------------------------------------------------
 

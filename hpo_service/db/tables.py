@@ -35,6 +35,18 @@ class StudyStatus(enum.StrEnum):
         return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED)
 
 
+class Scope(enum.StrEnum):
+    """What an API token may do; each scope includes the ones before it."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+    def allows(self, needed: Scope) -> bool:
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
 class TrialState(enum.StrEnum):
     RUNNING = "running"
     COMPLETE = "complete"
@@ -83,6 +95,13 @@ class StudyRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    # What the study's driver ran with, recorded when its trials start (revision 0002).
+    model_type: Mapped[str | None] = mapped_column(String(64))
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    torch_version: Mapped[str | None] = mapped_column(String(32))
+    transformers_version: Mapped[str | None] = mapped_column(String(32))
+    optuna_version: Mapped[str | None] = mapped_column(String(32))
+    ray_version: Mapped[str | None] = mapped_column(String(32))
 
     trials: Mapped[list[TrialRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="TrialRow.number"
@@ -134,3 +153,18 @@ class EpochRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     trial: Mapped[TrialRow] = relationship(back_populates="epoch_results")
+
+
+class ApiTokenRow(Base):
+    """An API token, stored only as the SHA-256 of its secret (revision 0002)."""
+
+    __tablename__ = f"{TABLE_PREFIX}api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The secret's first characters: find the row, and tell tokens apart in listings.
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    scope: Mapped[Scope] = mapped_column(_enum(Scope))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
