@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -18,6 +18,10 @@ from rich.table import Table
 
 from hpo_service.definition import StudyDefinition, describe_errors
 from hpo_service.errors import HpoError
+
+if TYPE_CHECKING:
+    from hpo_service.api.schemas import StudyDetail, StudySummary
+    from hpo_service.client import ServiceClient
 
 app = typer.Typer(
     help="Hyperparameter optimization for fine-tuning transformer text classifiers.",
@@ -58,6 +62,15 @@ def _server_option(when_absent: str) -> Any:
 
 
 ServerUrl = Annotated[str | None, _server_option("default http://127.0.0.1:8000")]
+ApiToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="HPO_TOKEN",
+        help="An API token, for a service that requires one.",
+        show_default=False,
+    ),
+]
 
 
 def _clear_errors(command: F) -> F:
@@ -213,6 +226,7 @@ def best(
     server: Annotated[
         str | None, _server_option("ask it instead of the database, unless --database-url is given")
     ] = None,
+    token: ApiToken = None,
 ) -> None:
     """Print the best configuration of a study (the best trial that ran its full budget)."""
     from hpo_service.best import best_config, render
@@ -220,17 +234,17 @@ def best(
     if format not in ("json", "yaml"):
         raise HpoError(f"--format must be json or yaml, not {format!r}")
     if server and not database_url:
-        with _client(server) as client:
+        with _client(server, token) as client:
             typer.echo(client.best(study, format))
         return
     document = best_config(_store(database_url), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
 
 
-def _client(server: str | None) -> Any:
+def _client(server: str | None, token: str | None) -> ServiceClient:
     from hpo_service.client import DEFAULT_URL, ServiceClient
 
-    return ServiceClient(server or DEFAULT_URL)
+    return ServiceClient(server or DEFAULT_URL, token)
 
 
 @app.command()
@@ -242,19 +256,20 @@ def submit(
         typer.Option("--wait", help="Follow it to its end: exit 0 if it completes, 1 if not."),
     ] = False,
     server: ServerUrl = None,
+    token: ApiToken = None,
 ) -> None:
     """Submit a study to hpo-service, which runs it when a slot is free."""
     from hpo_service.presets import read_definition_file
 
     document = read_definition_file(file)  # relative dataset paths become absolute
-    with _client(server) as client:
+    with _client(server, token) as client:
         study = client.submit(document)
         out.print(f"submitted {study.name}: {study.status.value}", highlight=False)
         if wait:
             _report_end(_follow(client, study.name))
 
 
-def _follow(client: Any, name: str) -> Any:
+def _follow(client: ServiceClient, name: str) -> StudyDetail:
     """Poll the study until it ends, with a live bar of finished trials; its last state."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -275,7 +290,7 @@ def _follow(client: Any, name: str) -> Any:
         raise typer.Exit(130) from None
 
 
-def _summary(study: Any) -> str:
+def _summary(study: StudySummary) -> str:
     """Status, trials by state and the best objective so far, in one line."""
     parts = [study.status.value, _counts(study)]
     if study.best is not None:
@@ -283,11 +298,11 @@ def _summary(study: Any) -> str:
     return escape(" · ".join(part for part in parts if part))
 
 
-def _counts(study: Any) -> str:
+def _counts(study: StudySummary) -> str:
     return ", ".join(f"{n} {state.value}" for state, n in study.trial_counts.items() if n)
 
 
-def _report_end(study: Any) -> None:
+def _report_end(study: StudyDetail) -> None:
     """Exit 0 for a completed study; 1, with the study's error, for a failed or cancelled one."""
     if study.status.value == "completed":
         best = "no trial ran its full budget" if study.best is None else f"best {_best(study)}"
@@ -298,7 +313,7 @@ def _report_end(study: Any) -> None:
     raise typer.Exit(1)
 
 
-def _best(study: Any) -> str:
+def _best(study: StudyDetail) -> str:
     """The best trial so far: its objective and the values of the searched parameters."""
     params = study.best.params
     chosen = ", ".join(f"{p}={_short(params.get(p))}" for p in _searched(study.resolved_definition))
@@ -321,9 +336,10 @@ def studies(
     offset: Annotated[int, typer.Option(min=0, help="Skip this many.")] = 0,
     limit: Annotated[int, typer.Option(min=1, max=200, help="Show at most this many.")] = 50,
     server: ServerUrl = None,
+    token: ApiToken = None,
 ) -> None:
     """The service's studies in order of submission, with progress and best objective."""
-    with _client(server) as client:
+    with _client(server, token) as client:
         page = client.studies(status, offset, limit)
     columns = ("study", "status", "trials", "objective", "best", "submitted")
     rows = [
@@ -345,9 +361,9 @@ def studies(
 
 @app.command()
 @_clear_errors
-def status(name: StudyName, server: ServerUrl = None) -> None:
+def status(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
     """A study's status, progress, trials by state, best so far and error."""
-    with _client(server) as client:
+    with _client(server, token) as client:
         study = client.study(name)
     progress = study.progress
     facts = {
@@ -375,9 +391,9 @@ def _when(moment: Any) -> str:
 
 @app.command()
 @_clear_errors
-def trials(name: StudyName, server: ServerUrl = None) -> None:
+def trials(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
     """A study's trials: state, objective, epochs, seconds and the searched parameters."""
-    with _client(server) as client:
+    with _client(server, token) as client:
         study = client.study(name)
         items = client.trials(name).items
     title = f"{name}: {study.status.value}"
@@ -386,18 +402,18 @@ def trials(name: StudyName, server: ServerUrl = None) -> None:
 
 @app.command()
 @_clear_errors
-def cancel(name: StudyName, server: ServerUrl = None) -> None:
+def cancel(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
     """Cancel a queued or running study: running trials stop and no new ones start."""
-    with _client(server) as client:
+    with _client(server, token) as client:
         study = client.cancel(name)
     out.print(f"{study.name}: {study.status.value}", highlight=False)
 
 
 @app.command()
 @_clear_errors
-def delete(name: StudyName, server: ServerUrl = None) -> None:
+def delete(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
     """Delete a finished study and its trials from the service (cancel a running one first)."""
-    with _client(server) as client:
+    with _client(server, token) as client:
         client.delete(name)
     out.print(f"deleted {name}", highlight=False)
 

@@ -21,13 +21,19 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceClient:
-    """hpo-service at ``base_url`` (such as ``http://127.0.0.1:8000``), over HTTP."""
+    """hpo-service at ``base_url`` (such as ``http://127.0.0.1:8000``), over HTTP, with an API
+    token where the service requires one."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self._http = httpx.Client(
-                base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0)
+                base_url=self.base_url,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=5.0),
             )
         except (httpx.InvalidURL, TypeError, ValueError) as error:
             raise ServiceError(f"not a URL of hpo-service: {base_url!r}: {error}") from error
