@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The database's schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(help="API tokens (stored as hashes in the database).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 out = Console()
 if not out.is_terminal:  # a pipe or CI log: room for the trial table's columns
@@ -62,6 +64,9 @@ def _server_option(when_absent: str) -> Any:
 
 
 ServerUrl = Annotated[str | None, _server_option("default http://127.0.0.1:8000")]
+ServerOrDatabase = Annotated[
+    str | None, _server_option("ask it instead of the database, unless --database-url is given")
+]
 ApiToken = Annotated[
     str | None,
     typer.Option(
@@ -221,24 +226,89 @@ def _short(value: Any) -> str:
 @_clear_errors
 def best(
     study: StudyName,
-    format: Annotated[str, typer.Option("--format", "-f", help="json or yaml.")] = "json",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="json, yaml, env or training-args.")
+    ] = "json",
     database_url: DatabaseUrl = None,
-    server: Annotated[
-        str | None, _server_option("ask it instead of the database, unless --database-url is given")
-    ] = None,
+    server: ServerOrDatabase = None,
     token: ApiToken = None,
 ) -> None:
     """Print the best configuration of a study (the best trial that ran its full budget)."""
-    from hpo_service.best import best_config, render
+    from hpo_service.best import FORMATS, best_config, render
 
-    if format not in ("json", "yaml"):
-        raise HpoError(f"--format must be json or yaml, not {format!r}")
+    if format not in FORMATS:
+        raise HpoError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     if server and not database_url:
         with _client(server, token) as client:
             typer.echo(client.best(study, format))
         return
     document = best_config(_store(database_url), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
+
+
+@app.command()
+@_clear_errors
+def gate(
+    study: StudyName,
+    minimum: Annotated[
+        float | None, typer.Option("--min", help="The metric must be at least this.")
+    ] = None,
+    maximum: Annotated[
+        float | None, typer.Option("--max", help="The metric must be at most this.")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Default: the study's objective metric.")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A previous best-config JSON to compare with.")
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option(help="How much worse than --baseline still passes.")
+    ] = 0.0,
+    database_url: DatabaseUrl = None,
+    server: ServerOrDatabase = None,
+    token: ApiToken = None,
+) -> None:
+    """Pass (exit 0) or fail (exit 1) a CI pipeline on a study's best configuration."""
+    from hpo_service.gate import judge
+
+    before = json.loads(baseline.read_text()) if baseline is not None else None
+    if server and not database_url:
+        status, best_document = _status_and_best_from_server(study, server, token)
+    else:
+        status, best_document = _status_and_best_from_database(study, database_url)
+    verdict = judge(study, status, best_document, metric, minimum, maximum, before, max_drop)
+    (out if verdict.passed else err).print(verdict.message, highlight=False, markup=False)
+    raise typer.Exit(0 if verdict.passed else 1)
+
+
+def _status_and_best_from_server(
+    study: str, server: str, token: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    from hpo_service.errors import ServiceError
+
+    with _client(server, token) as client:
+        status = client.study(study).status.value
+        try:
+            return status, json.loads(client.best(study, "json"))
+        except ServiceError as error:
+            if error.status_code == 404:  # the study exists: it has no complete trial
+                return status, None
+            raise
+
+
+def _status_and_best_from_database(
+    study: str, database_url: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    from hpo_service.best import best_config
+    from hpo_service.errors import NotFoundError
+
+    store = _store(database_url)
+    status = store.get_study(study).status.value
+    try:
+        return status, best_config(store, study)
+    except NotFoundError:
+        return status, None
 
 
 def _client(server: str | None, token: str | None) -> ServiceClient:
@@ -432,12 +502,21 @@ def serve(
 
     overrides = {"host": host, "port": port, "database_url": database_url}
     settings = _settings_with(**{k: v for k, v in overrides.items() if v is not None})
+    from hpo_service.api.auth import auth_required
+
     application = create_app(settings)
     err.print(
         f"hpo-service on http://{settings.host}:{settings.port}: API under /v1 (docs at /docs), "
         f"Optuna dashboard at /dashboard, database {_safe_url(settings.database_url)}",
         highlight=False,
     )
+    if auth_required(settings.host, settings.auth):
+        err.print("API tokens are required (create one with `hpo token create`)", highlight=False)
+    else:
+        err.print(
+            "[yellow]API tokens are NOT required: the service is on a loopback address; "
+            "HPO_AUTH=on requires them here too[/yellow]"
+        )
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 
@@ -474,6 +553,52 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
     engine = make_engine(_settings(database_url).database_url)
     upgrade(engine)
     out.print(f"database schema at revision {current_revision(engine)}")
+
+
+@token_app.command("create")
+@_clear_errors
+def token_create(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. ci.")],
+    scope: Annotated[str, typer.Option(help="read, write or admin.")] = "read",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API token and print its secret (shown only this once)."""
+    from hpo_service.db.tables import Scope
+    from hpo_service.tokens import create_token
+
+    if scope not in {s.value for s in Scope}:
+        raise HpoError(f"--scope must be read, write or admin, not {scope!r}")
+    record, secret = create_token(_store(database_url), name, Scope(scope))
+    err.print(f"token {record.name} ({record.scope.value}); its secret, shown only now:")
+    typer.echo(secret)
+
+
+@token_app.command("list")
+@_clear_errors
+def token_list(database_url: DatabaseUrl = None) -> None:
+    """List API tokens (never their secrets)."""
+    table = Table("name", "starts with", "scope", "created", "revoked")
+    for record in _store(database_url).tokens():
+        revoked = record.revoked_at.isoformat(timespec="seconds") if record.revoked_at else ""
+        table.add_row(
+            record.name,
+            record.prefix + "…",
+            record.scope.value,
+            record.created_at.isoformat(timespec="seconds"),
+            revoked,
+        )
+    out.print(table)
+
+
+@token_app.command("revoke")
+@_clear_errors
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke an API token for good."""
+    _store(database_url).revoke_token(name)
+    out.print(f"token {name} revoked")
 
 
 if __name__ == "__main__":

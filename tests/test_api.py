@@ -259,3 +259,17 @@ def _settled(service: Service, name: str, timeout: float = 120) -> dict:
         previous = study
         time.sleep(3)
     raise TimeoutError(f"{name} kept changing: {previous}")
+
+
+def test_prometheus_metrics_count_studies_and_trials(
+    service: Service, finished_study: dict
+) -> None:
+    text = service.client.get("/metrics").text
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(samples['hpo_studies{status="completed"}']) >= 1
+    assert float(samples['hpo_trials{state="complete"}']) >= 2
+    assert float(samples["hpo_trial_duration_seconds_count"]) >= 2
+    assert "hpo_queue_length" in samples
+    assert any(key.startswith("http_requests_total{") for key in samples)
