@@ -28,6 +28,10 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///hpo.db"
     ray_address: str | None = None
+    ray_jobs_address: str | None = Field(
+        default=None,
+        description="The Ray dashboard's URL (http://head:8265): run drivers as Ray jobs there.",
+    )
     ray_num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of the local Ray a study starts (default: all)."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
@@ -103,16 +104,17 @@ def _check_database(store: Store) -> str:
 
 
 def _check_ray(settings: Settings) -> str:
-    if not settings.ray_address:
+    address = settings.ray_jobs_address or settings.ray_address
+    if not address:
         return "ok: a local Ray starts with each study"
-    host, _, port = settings.ray_address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return f"ok: {settings.ray_address} is resolved by each driver"
+    location = urlsplit(address if "//" in address else f"//{address}")
+    if location.hostname is None or location.port is None:
+        return f"ok: {address} is resolved by each driver"
     try:
-        socket.create_connection((host, int(port)), timeout=3).close()
+        socket.create_connection((location.hostname, location.port), timeout=3).close()
     except OSError as error:
-        return f"unreachable: {settings.ray_address}: {error}"
-    return f"ok: {settings.ray_address}"
+        return f"unreachable: {address}: {error}"
+    return f"ok: {address}"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
