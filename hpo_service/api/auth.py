@@ -56,8 +56,11 @@ class TokenAuth:
         self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] == "lifespan" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # none are served; refuse one rather than pass it on
+            await send({"type": "websocket.close", "code": 1008})
             return
         request = Request(scope)
         secret = _presented_secret(request)
@@ -88,7 +91,8 @@ def _refusal(
         message = f"this needs a {needed.value} token; this token is {granted.value}"
         return JSONResponse({"detail": message}, status_code=403)
     if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-        target = quote(request.url.path, safe="/")
+        wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = quote(wanted, safe="/")
         return RedirectResponse(f"/login?next={target}", status_code=303)
     message = "a bearer token is required" if secret is None else "invalid or revoked token"
     return JSONResponse(
@@ -112,9 +116,13 @@ _LOGIN_PAGE = """<!doctype html>
 
 
 @login_router.get("/login")
-def login_page(next: str = "/dashboard", error: str = "") -> HTMLResponse:
-    shown = f'<p style="color: #b00">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(_LOGIN_PAGE.format(next=html.escape(_local(next)), error=shown))
+def login_page(next: str = "/dashboard") -> HTMLResponse:
+    return _login_form(next, failed=False)
+
+
+def _login_form(target: str, failed: bool) -> HTMLResponse:
+    error = '<p style="color: #b00">That token is unknown or revoked.</p>' if failed else ""
+    return HTMLResponse(_LOGIN_PAGE.format(next=html.escape(_local(target)), error=error))
 
 
 @login_router.post("/login")
@@ -124,7 +132,7 @@ async def login(request: Request) -> Response:
     target = _local(form.get("next", ["/dashboard"])[0])
     store: Store = request.app.state.store
     if not secret or await run_in_threadpool(scope_of_secret, store, secret) is None:
-        return login_page(target, "That token is unknown or revoked.")
+        return _login_form(target, failed=True)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
@@ -147,4 +155,5 @@ def logout() -> Response:
 def _local(target: Any) -> str:
     """Only redirect within this site."""
     text = str(target)
-    return text if text.startswith("/") and not text.startswith("//") else "/dashboard"
+    local = text.startswith("/") and not text.startswith("//")
+    return text if local and "\\" not in text and text.isprintable() else "/dashboard"
