@@ -5,7 +5,7 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 install: $(INSTALLED)
 
@@ -21,8 +21,14 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	bash examples/demo.sh
 
+## Headless Chromium for the dashboard test, from the system's packages unless already there.
+browser:
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 ## Lint and run the whole test suite (slow end-to-end tests included).
-test: $(INSTALLED) lint
+test: $(INSTALLED) browser lint
 	$(BIN)/pytest
 
 lint: $(INSTALLED)

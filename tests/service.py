@@ -108,3 +108,83 @@ class Service:
     ) -> None:
         self.stop()
         self.client.close()
+
+
+class RayHead:
+    """A Ray head of its own (`ray start --head --block`) on free ports, killed with its process
+    group. ``address`` is its GCS address; ``jobs_url`` its job server, if it runs one."""
+
+    def __init__(self, folder: Path, jobs: bool = False) -> None:
+        from ray._private.services import get_node_ip_address
+
+        self.port = free_port()
+        self.address = f"{get_node_ip_address()}:{self.port}"
+        jobs_port = free_port()
+        self.jobs_url = f"http://127.0.0.1:{jobs_port}" if jobs else None
+        ports = {  # every port free, so it never meets another Ray on this machine
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--ray-client-server-port": free_port(),
+        }
+        command = [
+            BIN / "ray",
+            "start",
+            "--head",
+            f"--port={self.port}",
+            "--num-cpus=2",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            "--block",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+            *(
+                [
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={jobs_port}",
+                ]
+                if jobs
+                else ["--include-dashboard=false"]
+            ),
+        ]
+        env = dict(
+            os.environ,
+            RAY_USAGE_STATS_ENABLED="0",
+            PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # jobs run this venv's python
+        )
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float = 90) -> RayHead:
+        """Until the GCS port (and the job server) answer."""
+        deadline = time.monotonic() + timeout
+        while not self._up():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.kill()
+                raise RuntimeError("`ray start --head` did not come up")
+            time.sleep(0.5)
+        return self
+
+    def _up(self) -> bool:
+        host = self.address.rsplit(":", 1)[0]
+        with socket.socket() as s:
+            if s.connect_ex((host, self.port)) != 0:
+                return False
+        if self.jobs_url is None:
+            return True
+        try:
+            httpx.get(f"{self.jobs_url}/api/version", timeout=2)  # any answer: it is up
+        except httpx.TransportError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)

@@ -4,59 +4,25 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from service import free_port
+from service import RayHead, free_port
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A Ray head of its own (`ray start --head --block`), killed with its process group after."""
-    from ray._private.services import get_node_ip_address
-
-    port = free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    head = subprocess.Popen(
-        [
-            BIN / "ray",
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--object-store-memory=200000000",
-            "--disable-usage-stats",
-            "--block",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    address = f"{get_node_ip_address()}:{port}"
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    head = RayHead(tmp_path_factory.mktemp("ray-head")).wait()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex((address.split(":")[0], port)) == 0:
-                    break
-            if time.monotonic() > deadline or head.poll() is not None:
-                pytest.fail("`ray start --head` did not come up")
-            time.sleep(0.5)
-        yield address
+        yield head.address
     finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(30)
+        head.kill()
 
 
 def test_run_on_a_ray_cluster_then_pull_the_best_config(

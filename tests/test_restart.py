@@ -85,14 +85,15 @@ def test_killing_the_service_mid_study_loses_nothing(
 ) -> None:
     roots = [sentiment_files[0].parent]
     first = Service(sqlite_url, tmp_path / "work", roots).start()
-    assert first.client.post("/v1/studies", json=study_document).status_code == 201
-    wait_until_midway(first, "survivor", finished=2)
-    done_before = {
-        n: t for n, t in trials_by_number(first, "survivor").items() if t["state"] != "running"
-    }
-    assert drivers_of("survivor")
-
-    first.kill()
+    try:
+        assert first.client.post("/v1/studies", json=study_document).status_code == 201
+        wait_until_midway(first, "survivor", finished=2)
+        done_before = {
+            n: t for n, t in trials_by_number(first, "survivor").items() if t["state"] != "running"
+        }
+        assert drivers_of("survivor")
+    finally:
+        first.kill()
     deadline = time.monotonic() + 30  # the driver dies with the service (no orphan runs on)
     while drivers_of("survivor") and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import optuna_dashboard
@@ -74,9 +75,20 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
     add_metrics(app, store)
     _add_error_handlers(app)
     # Last: the dashboard owns every path the API does not (/dashboard, /api, /static, /csv).
-    app.mount("/", WSGIMiddleware(optuna_dashboard.wsgi(optuna_storage(settings.database_url))))
+    dashboard = optuna_dashboard.wsgi(optuna_storage(settings.database_url))
+    app.mount("/", WSGIMiddleware(_default_accept_encoding(dashboard)))
     if auth_required(settings.host, settings.auth):
         app.add_middleware(TokenAuth, store=store)  # in front of everything, dashboard included
+    return app
+
+
+def _default_accept_encoding(wsgi_app: Any) -> Any:
+    """optuna-dashboard 0.21 answers 500 for /static files asked without Accept-Encoding."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ.setdefault("HTTP_ACCEPT_ENCODING", "identity")
+        return wsgi_app(environ, start_response)
+
     return app
 
 
