@@ -4,6 +4,8 @@ scheduled, run and read back; bad input refused without a 500 and without losing
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -273,3 +275,19 @@ def test_prometheus_metrics_count_studies_and_trials(
     assert float(samples["hpo_trial_duration_seconds_count"]) >= 2
     assert "hpo_queue_length" in samples
     assert any(key.startswith("http_requests_total{") for key in samples)
+
+
+def test_the_api_process_never_imports_torch_or_transformers(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from hpo_service.api.app import create_app\n"
+        "from hpo_service.settings import Settings\n"
+        f"app = create_app(Settings(database_url='sqlite:///{tmp_path}/hpo.db'), schedule=False)\n"
+        "client = TestClient(app)\n"
+        "client.get('/v1/studies'); client.get('/v1/presets'); client.get('/dashboard')\n"
+        "heavy = {'torch', 'transformers', 'ray'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from service import Service
 
@@ -220,3 +221,37 @@ def test_dashboard_answers_over_http_beside_the_api(running_study: Running) -> N
     assert [item["name"] for item in listed["items"]] == [STUDY]
     assert client.get("/v1/studies/no-such-study").status_code == 404
     assert client.get("/docs").status_code == 200
+
+
+def test_optuna_dashboard_standalone_reads_the_same_database(running_study: Running) -> None:
+    from service import BIN, free_port
+
+    service = running_study.service
+    _completed(service)
+    port = free_port()
+    standalone = subprocess.Popen(
+        [
+            BIN / "optuna-dashboard",
+            service.database_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and standalone.poll() is None
+                time.sleep(0.3)
+        names = [s["study_name"] for s in answer.json()["study_summaries"]]
+        assert names == [STUDY]
+    finally:
+        standalone.terminate()
+        standalone.wait(30)
