@@ -62,7 +62,8 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
         except ConnectionError as error:
             raise RayUnavailableError(
                 f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={settings.ray_address}: "
-                f"{error}. A cluster started by `ray start` wants token authentication: set "
+                f"{error} ({error.__cause__}). A cluster started by `ray start` wants token "
+                "authentication: set "
                 "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token)"
             ) from error
     else:

@@ -162,15 +162,29 @@ class RayHead:
             start_new_session=True,
         )
 
-    def wait(self, timeout: float = 90) -> RayHead:
-        """Until the GCS port (and the job server) answer."""
+    def wait(self, timeout: float = 120) -> RayHead:
+        """Until the GCS port (and the job server) answer and a driver can connect."""
         deadline = time.monotonic() + timeout
-        while not self._up():
+        while not (self._up() and self._accepts_drivers()):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.kill()
                 raise RuntimeError("`ray start --head` did not come up")
             time.sleep(0.5)
         return self
+
+    def _accepts_drivers(self) -> bool:
+        probe = "import ray, sys; ray.init(address=sys.argv[1]); ray.shutdown()"
+        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+        try:
+            connected = subprocess.run(
+                [sys.executable, "-c", probe, self.address],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return connected.returncode == 0
 
     def _up(self) -> bool:
         host = self.address.rsplit(":", 1)[0]
