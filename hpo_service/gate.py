@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOWER_IS_BETTER = {"eval_loss"}
+FLOAT_SLACK = 1e-9  # 0.92 - 0.90 is 0.0200000000000000018 in floats: still within 0.02
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def judge(
         if before is None:
             return Verdict(False, f"the baseline has no metric {name!r}")
         drop = (value - before) if name in LOWER_IS_BETTER else (before - value)
-        if drop > max_drop:
+        if drop > max_drop + FLOAT_SLACK:
             return Verdict(
                 False,
                 f"{shown} regressed from the baseline's {before:.4f} "
