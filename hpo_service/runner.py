@@ -161,14 +161,13 @@ def _run(
     name = definition.name
     if not store.set_status(name, StudyStatus.RUNNING, only_from=_RUNNABLE):
         return store.get_study(name)  # cancelled before it started
-    store.record_run_environment(name, run_environment(definition))
     failed_before = store.get_study(name).trial_counts[TrialState.FAILED]
-    interrupted = store.fail_running_trials(name, INTERRUPTED)
-    if interrupted:
-        fail_running_optuna_trials(settings.database_url, name)
-    remaining = definition.n_trials - store.finished_trial_count(name)
     failures = FailedTrialLimit(definition.limits.max_failed_trials, failed_before)
     try:
+        store.record_run_environment(name, run_environment(definition))
+        if store.fail_running_trials(name, INTERRUPTED):
+            fail_running_optuna_trials(settings.database_url, name)
+        remaining = definition.n_trials - store.finished_trial_count(name)
         if remaining > 0:
             _fit(definition, remaining, settings, setup, store, [failures, *callbacks])
     except KeyboardInterrupt:
