@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -26,7 +25,7 @@ from hpo_service.modeling import model_type, tokenize
 from hpo_service.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.search_space import optuna_distributions, optuna_sampler
 from hpo_service.searcher import StudySearcher
-from hpo_service.settings import Settings
+from hpo_service.settings import Settings, unreachable
 from hpo_service.trainable import TrialSetup, train_trial
 
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
@@ -83,15 +82,11 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
 
 def _check_reachable(address: str) -> None:
     """Fail fast on a cluster address nobody answers at (Ray itself retries for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto" and other forms Ray resolves itself
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except OSError as error:
+    reason = unreachable(address, timeout=10)
+    if reason is not None:
         raise RayUnavailableError(
-            f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={address}: {error}"
-        ) from error
+            f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={address}: {reason}"
+        )
 
 
 def run_study(

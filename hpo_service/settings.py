@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +21,19 @@ def normalize_database_url(url: str) -> str:
         if path and path != ":memory:":
             return f"sqlite:///{Path(path).expanduser().resolve()}"
     return url
+
+
+def unreachable(address: str, timeout: float) -> str | None:
+    """Why nothing answers at a ``host:port``, ``ray://host:port`` or ``http://host:port``
+    address, or ``None`` if something does (or the address has no port to try, like ``auto``)."""
+    location = urlsplit(address if "//" in address else f"//{address}")
+    if location.hostname is None or location.port is None:
+        return None
+    try:
+        socket.create_connection((location.hostname, location.port), timeout=timeout).close()
+    except OSError as error:
+        return str(error)
+    return None
 
 
 class Settings(BaseSettings):

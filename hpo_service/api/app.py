@@ -6,11 +6,9 @@ transformers: studies run in driver processes that the scheduler starts.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
@@ -36,7 +34,7 @@ from hpo_service.errors import (
     PayloadTooLargeError,
 )
 from hpo_service.scheduler import Scheduler
-from hpo_service.settings import Settings
+from hpo_service.settings import Settings, unreachable
 
 _STATUS = {
     NotFoundError: 404,
@@ -119,14 +117,8 @@ def _check_ray(settings: Settings) -> str:
     address = settings.ray_jobs_address or settings.ray_address
     if not address:
         return "ok: a local Ray starts with each study"
-    location = urlsplit(address if "//" in address else f"//{address}")
-    if location.hostname is None or location.port is None:
-        return f"ok: {address} is resolved by each driver"
-    try:
-        socket.create_connection((location.hostname, location.port), timeout=3).close()
-    except OSError as error:
-        return f"unreachable: {address}: {error}"
-    return f"ok: {address}"
+    reason = unreachable(address, timeout=3)
+    return f"ok: {address}" if reason is None else f"unreachable: {address}: {reason}"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
