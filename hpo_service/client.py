@@ -13,8 +13,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from hpo_service.api.schemas import StudyDetail, StudyPage, StudySummary, TrialDetail, TrialList
-from hpo_service.errors import ServiceError
+from hpo_service.api.schemas import (
+    StudyDetail,
+    StudyPage,
+    StudySummary,
+    TrialDetail,
+    TrialPage,
+    TrialSummary,
+)
+from hpo_service.core.errors import ServiceError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 M = TypeVar("M", bound=BaseModel)
@@ -52,8 +59,19 @@ class ServiceClient:
     def study(self, name: str) -> StudyDetail:
         return self._model(StudyDetail, "GET", _study_path(name))
 
-    def trials(self, name: str) -> TrialList:
-        return self._model(TrialList, "GET", f"{_study_path(name)}/trials")
+    def trials(self, name: str, offset: int = 0, limit: int = 100) -> TrialPage:
+        """One page of a study's trials, by number."""
+        params = {"offset": offset, "limit": limit}
+        return self._model(TrialPage, "GET", f"{_study_path(name)}/trials", params=params)
+
+    def all_trials(self, name: str, page_size: int = 1000) -> list[TrialSummary]:
+        """Every trial of a study, a page at a time."""
+        items: list[TrialSummary] = []
+        while True:
+            page = self.trials(name, offset=len(items), limit=page_size)
+            items += page.items
+            if not page.items or len(items) >= page.total:
+                return items
 
     def trial(self, name: str, number: int) -> TrialDetail:
         return self._model(TrialDetail, "GET", f"{_study_path(name)}/trials/{number}")

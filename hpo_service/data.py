@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from hpo_service.definition import DatasetSpec
-from hpo_service.errors import DefinitionError
+from hpo_service.core.definition import DatasetSpec
+from hpo_service.core.errors import DefinitionError
 
 _SUFFIX_FORMATS = {
     ".csv": "csv",

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from hpo_service.core.definition import DatasetSpec
+from hpo_service.core.errors import DefinitionError
 from hpo_service.data import LabelledData, load_labelled_data
-from hpo_service.definition import DatasetSpec
-from hpo_service.errors import DefinitionError
 
 COLA_COLUMNS = ["source", "label", "mark", "sentence"]
 

@@ -19,29 +19,16 @@ from sqlalchemy import text
 
 from hpo_service import __version__
 from hpo_service.api.auth import TokenAuth, auth_required, login_router
+from hpo_service.api.errors import error_response
 from hpo_service.api.metrics import add_metrics
 from hpo_service.api.routes import router
 from hpo_service.api.schemas import Readiness
+from hpo_service.core.definition import error_items
+from hpo_service.core.errors import DefinitionError, HpoError
+from hpo_service.core.settings import Settings, unreachable
 from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.store import Store
-from hpo_service.definition import error_items
-from hpo_service.errors import (
-    AlreadyExistsError,
-    ConflictError,
-    DefinitionError,
-    HpoError,
-    NotFoundError,
-    PayloadTooLargeError,
-)
-from hpo_service.scheduler import Scheduler
-from hpo_service.settings import Settings, unreachable
-
-_STATUS = {
-    NotFoundError: 404,
-    AlreadyExistsError: 409,
-    ConflictError: 409,
-    PayloadTooLargeError: 413,
-}
+from hpo_service.service.scheduler import Scheduler
 
 
 def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
@@ -51,6 +38,7 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(settings, store) if schedule else None
+        app.state.scheduler = scheduler
         if scheduler is not None:
             scheduler.start()
         try:
@@ -116,7 +104,7 @@ def _check_database(store: Store) -> str:
 def _check_ray(settings: Settings) -> str:
     address = settings.ray_jobs_address or settings.ray_address
     if not address:
-        return "ok: a local Ray starts with each study"
+        return "ok: the service's own local Ray"
     reason = unreachable(address, timeout=3)
     return f"ok: {address}" if reason is None else f"unreachable: {address}: {reason}"
 
@@ -132,7 +120,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         detail = [{"loc": loc.split("."), "msg": msg} for loc, msg in error_items(error)]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(RecursionError)
+    async def recursion_error(request: Request, error: RecursionError) -> JSONResponse:
+        # A backstop: documents are checked for depth when read (core.presets.parse_document).
+        return JSONResponse({"detail": "the request is nested too deeply"}, status_code=422)
+
     @app.exception_handler(HpoError)
     async def hpo_error(request: Request, error: HpoError) -> JSONResponse:
-        code = next((c for kind, c in _STATUS.items() if isinstance(error, kind)), 400)
-        return JSONResponse({"detail": str(error)}, status_code=code)
+        return error_response(error)

@@ -18,9 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hpo_service.api.errors import error_response
+from hpo_service.core.errors import StorageError
+from hpo_service.core.records import Scope as TokenScope
 from hpo_service.db.store import Store
-from hpo_service.db.tables import Scope as TokenScope
-from hpo_service.tokens import scope_of_secret
+from hpo_service.service.tokens import scope_of_secret
 
 COOKIE = "hpo_token"
 OPEN_PATHS = {"/healthz", "/readyz", "/login", "/logout"}
@@ -66,7 +68,11 @@ class TokenAuth:
         secret = _presented_secret(request)
         granted = None
         if secret is not None:
-            granted = await run_in_threadpool(scope_of_secret, self.store, secret)
+            try:
+                granted = await run_in_threadpool(scope_of_secret, self.store, secret)
+            except StorageError as error:  # outside the app's error handlers
+                await error_response(error)(scope, receive, send)
+                return
         needed = required_scope(request.method, request.url.path)
         response = _refusal(request, secret, granted, needed)
         if response is not None:

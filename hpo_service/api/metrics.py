@@ -11,8 +11,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from hpo_service.core.records import StudyStatus
 from hpo_service.db.store import Store
-from hpo_service.db.tables import StudyStatus
 
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, float("inf"))
 

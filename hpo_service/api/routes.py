@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from hpo_service.api.schemas import (
@@ -15,17 +14,18 @@ from hpo_service.api.schemas import (
     StudyPage,
     StudySummary,
     TrialDetail,
-    TrialList,
+    TrialPage,
     TrialSummary,
     ValidationErrors,
 )
-from hpo_service.best import Format, best_config, render
+from hpo_service.core.definition import NAME_PATTERN
+from hpo_service.core.errors import DefinitionError, PayloadTooLargeError
+from hpo_service.core.presets import list_presets, load_preset, parse_document
+from hpo_service.core.records import StudyStatus
+from hpo_service.core.settings import Settings
 from hpo_service.db.store import Store
-from hpo_service.db.tables import StudyStatus
-from hpo_service.errors import DefinitionError, NotFoundError, PayloadTooLargeError
-from hpo_service.presets import list_presets, load_preset, parse_document
-from hpo_service.settings import Settings
-from hpo_service.studies import cancel_study, delete_study, submit_study
+from hpo_service.service.best import Format, best_config, render
+from hpo_service.service.studies import cancel_study, delete_study, submit_study
 
 
 def get_store(request: Request) -> Store:
@@ -38,10 +38,13 @@ def get_settings(request: Request) -> Settings:
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StudyName = Annotated[str, "the study's name"]
+# A name no study can have (a NUL byte, a slash) is a 422 before any query.
+StudyName = Annotated[str, Path(pattern=NAME_PATTERN, description="The study's name.")]
 
 router = APIRouter(prefix="/v1")
 
+# The largest offset or trial number asked for: within every database's 32-bit integers.
+MAX_OFFSET = 2**31 - 1
 EXAMPLE_DEFINITION = {
     "name": "sst2-minilm",
     "preset": "default",
@@ -98,6 +101,9 @@ async def create_study(
     body = await _read_body(request, settings.max_body_bytes)
     document = _parse_body(body, request.headers.get("content-type", ""))
     record = await run_in_threadpool(submit_study, document, store, settings)
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:  # it starts now if a slot is free, not at the next look
+        scheduler.wake()
     response.headers["Location"] = f"/v1/studies/{record.name}"
     return StudySummary.of(record, None)
 
@@ -119,33 +125,20 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DefinitionError("body", "is not UTF-8 text") from error
-    if "json" in content_type:
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DefinitionError(
-                "body", f"not valid JSON: {error.msg} at line {error.lineno}"
-            ) from error
-        if not isinstance(document, dict):
-            raise DefinitionError("body", f"must be an object, but got {type(document).__name__}")
-        return document
-    return parse_document(text, source="body")
+    return parse_document(text, source="body", syntax="json" if "json" in content_type else "yaml")
 
 
 @router.get("/studies", response_model=StudyPage, summary="List studies")
 def list_studies(
     store: StoreDep,
     status: Annotated[StudyStatus | None, Query(description="Only studies in this state.")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
     """Studies in order of submission, a page at a time."""
-    names = store.study_names(status)
-    items = [
-        StudySummary.of(store.get_study(name), store.best_trial(name))
-        for name in names[offset : offset + limit]
-    ]
-    return StudyPage(items=items, total=len(names), offset=offset, limit=limit)
+    page, total = store.study_page(status, offset, limit)
+    items = [StudySummary.of(study, best) for study, best in page]
+    return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
 
 @router.get("/studies/{name}", response_model=StudyDetail, responses=ERRORS)
@@ -160,19 +153,26 @@ def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
     )
 
 
-@router.get("/studies/{name}/trials", response_model=TrialList, responses=ERRORS)
-def list_trials(name: StudyName, store: StoreDep) -> TrialList:
-    """Every trial: parameters, state, objective, metrics, epochs and duration."""
-    return TrialList(items=[TrialSummary.of(t) for t in store.trials(name)])
+@router.get("/studies/{name}/trials", response_model=TrialPage, responses=ERRORS)
+def list_trials(
+    name: StudyName,
+    store: StoreDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> TrialPage:
+    """The study's trials by number, a page at a time: parameters, state, objective, metrics,
+    epochs and duration."""
+    page, total = store.trial_page(name, offset, limit)
+    items = [TrialSummary.of(t) for t in page]
+    return TrialPage(items=items, total=total, offset=offset, limit=limit)
 
 
 @router.get("/studies/{name}/trials/{number}", response_model=TrialDetail, responses=ERRORS)
-def get_trial(name: StudyName, number: int, store: StoreDep) -> TrialDetail:
+def get_trial(
+    name: StudyName, number: Annotated[int, Path(ge=0, le=MAX_OFFSET)], store: StoreDep
+) -> TrialDetail:
     """One trial with its learning curve (one evaluation per epoch)."""
-    for trial in store.trials(name, with_curves=True):
-        if trial.number == number:
-            return TrialDetail.of(trial)
-    raise NotFoundError(f"study {name!r} has no trial {number}")
+    return TrialDetail.of(store.trial(name, number))
 
 
 @router.get(

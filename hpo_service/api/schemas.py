@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from hpo_service.db.store import EpochRecord, StudyRecord, TrialRecord
-from hpo_service.db.tables import StudyStatus, TrialState
+from hpo_service.core.definition import METRICS
+from hpo_service.core.records import EpochRecord, StudyRecord, StudyStatus, TrialRecord, TrialState
 
 
 class Objective(BaseModel):
@@ -43,7 +43,7 @@ class StudySummary(BaseModel):
 
     @classmethod
     def of(cls, study: StudyRecord, best: TrialRecord | None) -> StudySummary:
-        finished = sum(n for s, n in study.trial_counts.items() if s != TrialState.RUNNING)
+        finished = sum(n for s, n in study.trial_counts.items() if s.is_finished)
         return cls(
             name=study.name,
             status=study.status,
@@ -76,11 +76,8 @@ class StudyPage(BaseModel):
     limit: int
 
 
-class Metrics(BaseModel):
-    accuracy: float | None
-    f1: float | None
-    matthews_corrcoef: float | None
-    eval_loss: float | None
+# A trial's scores: one field per metric trials report.
+Metrics = create_model("Metrics", **{metric: (float | None, ...) for metric in METRICS})
 
 
 class TrialSummary(BaseModel):
@@ -119,8 +116,11 @@ class TrialDetail(TrialSummary):
         return cls(**TrialSummary.of(trial).model_dump(), learning_curve=trial.learning_curve)
 
 
-class TrialList(BaseModel):
+class TrialPage(BaseModel):
     items: list[TrialSummary]
+    total: int
+    offset: int
+    limit: int
 
 
 class Preset(BaseModel):

@@ -1,26 +1,24 @@
-"""`hpo db` and `hpo token`: the database's schema and API tokens."""
+"""`hpo serve`, `hpo db` and `hpo token`: the service itself, its database's schema, API tokens."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from hpo_service.errors import HpoError
-
-if TYPE_CHECKING:
-    pass
 from hpo_service.cli.common import (
     DatabaseUrl,
+    app,
     clear_errors,
     db_app,
     err,
     out,
     settings_for,
-    store_for,
+    settings_with,
     token_app,
 )
+from hpo_service.core.errors import HpoError
 
 
 @db_app.command("upgrade")
@@ -43,8 +41,8 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API token and print its secret (shown only this once)."""
-    from hpo_service.db.tables import Scope
-    from hpo_service.tokens import create_token
+    from hpo_service.core.records import Scope
+    from hpo_service.service.tokens import create_token
 
     if scope not in {s.value for s in Scope}:
         raise HpoError(f"--scope must be read, write or admin, not {scope!r}")
@@ -79,3 +77,47 @@ def token_revoke(
     """Revoke an API token for good."""
     store_for(database_url).revoke_token(name)
     out.print(f"token {name} revoked")
+
+
+@app.command()
+@clear_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides HPO_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides HPO_PORT (8000).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Serve the REST API and the Optuna dashboard, and run submitted studies."""
+    import uvicorn
+
+    from hpo_service.api.app import create_app
+
+    overrides = {"host": host, "port": port, "database_url": database_url}
+    settings = settings_with(**{k: v for k, v in overrides.items() if v is not None})
+    from hpo_service.api.auth import auth_required
+
+    application = create_app(settings)
+    err.print(
+        f"hpo-service on http://{settings.host}:{settings.port}: API under /v1 (docs at /docs), "
+        f"Optuna dashboard at /dashboard, database {_safe_url(settings.database_url)}",
+        highlight=False,
+    )
+    if auth_required(settings.host, settings.auth):
+        err.print("API tokens are required (create one with `hpo token create`)", highlight=False)
+    else:
+        err.print(
+            "[yellow]API tokens are NOT required: the service is on a loopback address; "
+            "HPO_AUTH=on requires them here too[/yellow]"
+        )
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def store_for(database_url: str | None) -> Any:
+    from hpo_service.db.store import Store
+
+    return Store.open(settings_for(database_url).database_url)

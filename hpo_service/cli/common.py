@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hpo_service.definition import StudyDefinition, describe_errors
-from hpo_service.errors import HpoError
+from hpo_service.core.definition import StudyDefinition, describe_errors
+from hpo_service.core.errors import HpoError
 
 if TYPE_CHECKING:
     from hpo_service.client import ServiceClient
@@ -106,19 +106,13 @@ def settings_for(database_url: str | None) -> Any:
 
 
 def settings_with(**overrides: Any) -> Any:
-    from hpo_service.settings import Settings
+    from hpo_service.core.settings import Settings
 
     return Settings(**overrides)
 
 
-def store_for(database_url: str | None) -> Any:
-    from hpo_service.db.store import Store
-
-    return Store.open(settings_for(database_url).database_url)
-
-
 def load_definition(file: Path) -> tuple[dict[str, Any], StudyDefinition]:
-    from hpo_service.presets import read_definition_file, resolve_definition
+    from hpo_service.core.presets import read_definition_file, resolve_definition
 
     document = read_definition_file(file)
     return document, resolve_definition(document)

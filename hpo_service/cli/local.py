@@ -6,16 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from hpo_service.definition import StudyDefinition
-from hpo_service.errors import HpoError
-
-if TYPE_CHECKING:
-    pass
+from hpo_service.cli.admin import store_for
 from hpo_service.cli.common import (
     ApiToken,
     DatabaseUrl,
@@ -30,8 +26,9 @@ from hpo_service.cli.common import (
     out,
     print_trials,
     settings_for,
-    store_for,
 )
+from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.errors import HpoError
 
 
 @app.command()
@@ -61,29 +58,34 @@ def run(
     """Run a study here (local Ray, or HPO_RAY_ADDRESS) and print its best configuration."""
     import optuna
 
-    from hpo_service.progress import StudyProgress
-    from hpo_service.runner import run_study
+    from hpo_service.driver.progress import StudyProgress
+    from hpo_service.driver.runner import run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     document, definition = load_definition(file)
     settings = settings_for(database_url)
     if replace:
         _delete_finished(store_for(database_url), definition.name, settings.database_url)
-    with StudyProgress(definition, out) as progress:
-        run_study(document, definition, settings, callbacks=[progress])
+    try:
+        with StudyProgress(definition, out) as progress:
+            run_study(document, definition, settings, callbacks=[progress])
+    except KeyboardInterrupt:
+        _print_results(store_for(database_url), definition.name)
+        err.print("interrupted: the study is cancelled; its cut-off trials are `interrupted`")
+        raise typer.Exit(130) from None
     _print_results(store_for(database_url), definition.name)
 
 
 def _delete_finished(store: Any, name: str, database_url: str) -> None:
-    from hpo_service.errors import NotFoundError
-    from hpo_service.studies import delete_study
+    from hpo_service.core.errors import NotFoundError
+    from hpo_service.service.studies import delete_study
 
     with contextlib.suppress(NotFoundError):  # nothing to replace
         delete_study(name, store, database_url)
 
 
 def _print_results(store: Any, name: str) -> None:
-    from hpo_service.best import best_config, render
+    from hpo_service.service.best import best_config, render
 
     record = store.get_study(name)
     title = f"{name}: {record.status.value}"
@@ -109,7 +111,7 @@ def best(
     token: ApiToken = None,
 ) -> None:
     """Print the best configuration of a study (the best trial that ran its full budget)."""
-    from hpo_service.best import FORMATS, best_config, render
+    from hpo_service.service.best import FORMATS, best_config, render
 
     if format not in FORMATS:
         raise HpoError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -145,7 +147,7 @@ def gate(
     token: ApiToken = None,
 ) -> None:
     """Pass (exit 0) or fail (exit 1) a CI pipeline on a study's best configuration."""
-    from hpo_service.gate import judge
+    from hpo_service.core.gate import judge
 
     before = json.loads(baseline.read_text()) if baseline is not None else None
     if server and not database_url:
@@ -160,7 +162,7 @@ def gate(
 def _status_and_best_from_server(
     study: str, server: str, token: str | None
 ) -> tuple[str, dict[str, Any] | None]:
-    from hpo_service.errors import ServiceError
+    from hpo_service.core.errors import ServiceError
 
     with client_for(server, token) as client:
         status = client.study(study).status.value
@@ -175,8 +177,8 @@ def _status_and_best_from_server(
 def _status_and_best_from_database(
     study: str, database_url: str | None
 ) -> tuple[str, dict[str, Any] | None]:
-    from hpo_service.best import best_config
-    from hpo_service.errors import NotFoundError
+    from hpo_service.core.errors import NotFoundError
+    from hpo_service.service.best import best_config
 
     store = store_for(database_url)
     status = store.get_study(study).status.value
@@ -189,7 +191,7 @@ def _status_and_best_from_database(
 @app.command()
 def presets() -> None:
     """List the search-space presets in search_spaces/."""
-    from hpo_service.presets import list_presets
+    from hpo_service.core.presets import list_presets
 
     table = Table("preset", "source")
     for name, source in list_presets().items():

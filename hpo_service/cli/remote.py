@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 from hpo_service.cli.common import (
     POLL_S,
     ApiToken,
-    DatabaseUrl,
     DefinitionFile,
     ServerUrl,
     StudyName,
@@ -29,7 +28,6 @@ from hpo_service.cli.common import (
     print_table,
     print_trials,
     searched_parameters,
-    settings_with,
     short_value,
 )
 
@@ -46,7 +44,7 @@ def submit(
     token: ApiToken = None,
 ) -> None:
     """Submit a study to hpo-service, which runs it when a slot is free."""
-    from hpo_service.presets import read_definition_file
+    from hpo_service.core.presets import read_definition_file
 
     document = read_definition_file(file)  # relative dataset paths become absolute
     with client_for(server, token) as client:
@@ -175,7 +173,7 @@ def trials(name: StudyName, server: ServerUrl = None, token: ApiToken = None) ->
     """A study's trials: state, objective, epochs, seconds and the searched parameters."""
     with client_for(server, token) as client:
         study = client.study(name)
-        items = client.trials(name).items
+        items = client.all_trials(name)
     title = f"{name}: {study.status.value}"
     print_trials(title, study.objective.metric, study.resolved_definition, items)
 
@@ -196,41 +194,3 @@ def delete(name: StudyName, server: ServerUrl = None, token: ApiToken = None) ->
     with client_for(server, token) as client:
         client.delete(name)
     out.print(f"deleted {name}", highlight=False)
-
-
-@app.command()
-@clear_errors
-def serve(
-    host: Annotated[str | None, typer.Option(help="Overrides HPO_HOST (127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Overrides HPO_PORT (8000).")] = None,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Serve the REST API and the Optuna dashboard, and run submitted studies."""
-    import uvicorn
-
-    from hpo_service.api.app import create_app
-
-    overrides = {"host": host, "port": port, "database_url": database_url}
-    settings = settings_with(**{k: v for k, v in overrides.items() if v is not None})
-    from hpo_service.api.auth import auth_required
-
-    application = create_app(settings)
-    err.print(
-        f"hpo-service on http://{settings.host}:{settings.port}: API under /v1 (docs at /docs), "
-        f"Optuna dashboard at /dashboard, database {_safe_url(settings.database_url)}",
-        highlight=False,
-    )
-    if auth_required(settings.host, settings.auth):
-        err.print("API tokens are required (create one with `hpo token create`)", highlight=False)
-    else:
-        err.print(
-            "[yellow]API tokens are NOT required: the service is on a loopback address; "
-            "HPO_AUTH=on requires them here too[/yellow]"
-        )
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

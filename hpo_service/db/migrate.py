@@ -11,8 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from hpo_service.core.errors import SchemaOutdatedError
 from hpo_service.db.tables import TABLE_PREFIX
-from hpo_service.errors import SchemaOutdatedError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"  # Optuna stamps the default alembic_version

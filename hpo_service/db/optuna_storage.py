@@ -21,11 +21,3 @@ def delete_optuna_study(database_url: str, name: str) -> None:
     # KeyError: the study never reached Optuna (it failed before its first trial).
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=name, storage=optuna_storage(database_url))
-
-
-def fail_running_optuna_trials(database_url: str, name: str) -> None:
-    """Tell Optuna that the trials a dead driver left running have failed."""
-    storage = optuna_storage(database_url)
-    study_id = storage.get_study_id_from_name(name)
-    for trial in storage.get_all_trials(study_id, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

@@ -2,112 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Set
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, Select, case, create_engine, event, exists, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from hpo_service.db.migrate import ensure_schema
-from hpo_service.db.tables import (
-    ApiTokenRow,
-    EpochRow,
+from hpo_service.core.definition import METRICS, StudyDefinition
+from hpo_service.core.errors import AlreadyExistsError, NotFoundError, StorageError
+from hpo_service.core.records import (
+    EpochRecord,
+    RunEnvironment,
     Scope,
-    StudyRow,
+    StudyRecord,
     StudyStatus,
-    TrialRow,
+    TokenRecord,
+    TrialRecord,
     TrialState,
-    utcnow,
 )
-from hpo_service.definition import StudyDefinition
-from hpo_service.errors import AlreadyExistsError, NotFoundError
-
-METRIC_COLUMNS = ("accuracy", "f1", "matthews_corrcoef", "eval_loss")
-
-
-class EpochRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    epoch: int
-    objective: float
-    accuracy: float | None
-    f1: float | None
-    matthews_corrcoef: float | None
-    eval_loss: float | None
-    train_loss: float | None
-
-
-class TrialRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    number: int
-    state: TrialState
-    params: dict[str, Any]
-    objective: float | None
-    accuracy: float | None
-    f1: float | None
-    matthews_corrcoef: float | None
-    eval_loss: float | None
-    epochs: int
-    started_at: datetime
-    finished_at: datetime | None
-    error: str | None
-    learning_curve: list[EpochRecord] = []
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
-    def metrics(self) -> dict[str, float | None]:
-        return {m: getattr(self, m) for m in METRIC_COLUMNS}
-
-
-class RunEnvironment(BaseModel):
-    """What a study's trials ran with: the model's type, the data's fingerprint, versions."""
-
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    model_type: str
-    dataset_fingerprint: str
-    torch_version: str
-    transformers_version: str
-    optuna_version: str
-    ray_version: str
-
-
-class StudyRecord(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    status: StudyStatus
-    objective_metric: str
-    direction: str
-    n_trials: int
-    definition: dict[str, Any]
-    resolved_definition: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    trial_counts: dict[TrialState, int]
-    run_environment: RunEnvironment | None
-
-
-class TokenRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    name: str
-    prefix: str
-    scope: Scope
-    created_at: datetime
-    revoked_at: datetime | None
+from hpo_service.db.migrate import ensure_schema
+from hpo_service.db.tables import ApiTokenRow, EpochRow, StudyRow, TrialRow, utcnow
 
 
 def make_engine(url: str) -> Engine:
@@ -147,13 +63,23 @@ class Store:
         return cls(engine)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Ray pickles the experiment's callbacks; an engine travels as its URL.
-        return (Store.from_url, (self.engine.url.render_as_string(hide_password=False),))
+        # Ray pickles the experiment's callbacks into its files: never with the password.
+        return (_store_without_password, (self.engine.url.render_as_string(hide_password=True),))
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        """One transaction: committed at the end, rolled back on any error.
+
+        A database error becomes ``StorageError`` with a one-line reason; ``IntegrityError``
+        stays itself, for the callers that turn it into ``AlreadyExistsError``.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise StorageError(f"the database failed: {_one_line(error)}") from error
 
     # --- studies ---------------------------------------------------------------------------------
 
@@ -176,16 +102,23 @@ class Store:
         try:
             with self._session() as session:
                 session.add(row)
-        except IntegrityError as error:
-            raise AlreadyExistsError(f"study {definition.name!r} already exists") from error
+        except IntegrityError as error:  # the unique name: the one authority on taken names
+            raise _name_taken(definition.name) from error
         return self.get_study(definition.name)
+
+    def check_name_free(self, name: str) -> None:
+        """Raise ``AlreadyExistsError`` now if a study is called ``name``, for callers with
+        costly work to do before ``create_study`` (which still refuses a name taken meanwhile)."""
+        with self._session() as session:
+            if session.scalar(select(exists().where(StudyRow.name == name))):
+                raise _name_taken(name)
 
     def set_status(
         self,
         name: str,
         status: StudyStatus,
         error: str | None = None,
-        only_from: set[StudyStatus] | None = None,
+        only_from: Set[StudyStatus] | None = None,
     ) -> bool:
         """Move a study to ``status``, stamping when it started or finished.
 
@@ -207,30 +140,32 @@ class Store:
         """The study called ``name``; raises ``NotFoundError``."""
         with self._session() as session:
             row = self._study_row(session, name)
-            counts = dict(
-                session.execute(
-                    select(TrialRow.state, func.count())
-                    .where(TrialRow.study_id == row.id)
-                    .group_by(TrialRow.state)
-                ).all()
-            )
-            return StudyRecord(
-                name=row.name,
-                status=row.status,
-                objective_metric=row.objective_metric,
-                direction=row.direction,
-                n_trials=row.n_trials,
-                definition=row.definition,
-                resolved_definition=row.resolved_definition,
-                created_at=row.created_at,
-                started_at=row.started_at,
-                finished_at=row.finished_at,
-                error=row.error,
-                trial_counts={state: counts.get(state, 0) for state in TrialState},
-                run_environment=None
-                if row.model_type is None
-                else RunEnvironment.model_validate(row),
-            )
+            return _study_record(row, _trial_counts(session, [row.id])[row.id])
+
+    def find_study(self, name: str) -> StudyRecord | None:
+        """The study called ``name``, or ``None``."""
+        try:
+            return self.get_study(name)
+        except NotFoundError:
+            return None
+
+    def study_page(
+        self, status: StudyStatus | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[tuple[StudyRecord, TrialRecord | None]], int]:
+        """A page of studies (with ``status``), oldest first, each with its best trial (no
+        learning curve), and how many studies there are in all: four queries, whatever the
+        page's size."""
+        query = select(StudyRow)
+        if status is not None:
+            query = query.where(StudyRow.status == status)
+        with self._session() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(query.order_by(StudyRow.id).offset(offset).limit(limit)).all()
+            ids = [row.id for row in rows]
+            counts = _trial_counts(session, ids)
+            best = {t.study_id: _trial_record(t, False) for t in session.scalars(_best_trials(ids))}
+            page = [(_study_record(row, counts[row.id]), best.get(row.id)) for row in rows]
+        return page, total
 
     def record_run_environment(self, name: str, environment: RunEnvironment) -> None:
         with self._session() as session:
@@ -290,7 +225,7 @@ class Store:
         """Store one epoch's evaluation; the trial's metrics become this epoch's."""
         with self._session() as session:
             trial = self._trial_row(session, study, number)
-            scores = {m: result.get(m) for m in METRIC_COLUMNS}
+            scores = {m: result.get(m) for m in METRICS}
             session.merge(
                 EpochRow(
                     trial_id=trial.id,
@@ -314,8 +249,8 @@ class Store:
             trial.finished_at = utcnow()
             trial.error = error
 
-    def fail_running_trials(self, study: str, error: str) -> int:
-        """Record every trial still running as failed (its driver died); returns how many."""
+    def interrupt_running_trials(self, study: str, reason: str) -> list[int]:
+        """Record every trial still running as interrupted (its driver died); their numbers."""
         with self._session() as session:
             study_row = self._study_row(session, study)
             rows = session.scalars(
@@ -324,13 +259,34 @@ class Store:
                 )
             ).all()
             for row in rows:
-                row.state, row.error, row.finished_at = TrialState.FAILED, error, utcnow()
-            return len(rows)
+                row.state, row.error, row.finished_at = TrialState.INTERRUPTED, reason, utcnow()
+            return [row.number for row in rows]
+
+    def running_trial_numbers(self, study: str) -> list[int]:
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            return list(
+                session.scalars(
+                    select(TrialRow.number).where(
+                        TrialRow.study_id == study_row.id, TrialRow.state == TrialState.RUNNING
+                    )
+                )
+            )
+
+    def copy_epochs(self, study: str, source: int, target: int) -> None:
+        """Give trial ``target`` the learning curve of trial ``source`` (a resumed trial)."""
+        with self._session() as session:
+            source_row = self._trial_row(session, study, source)
+            target_row = self._trial_row(session, study, target)
+            for epoch in source_row.epoch_results:
+                values = {c: getattr(epoch, c) for c in ("epoch", "objective", "train_loss")}
+                scores = {m: getattr(epoch, m) for m in METRICS}
+                session.merge(EpochRow(trial_id=target_row.id, **values, **scores))
 
     def finished_trial_count(self, study: str) -> int:
-        """Trials that are complete, early-stopped or failed."""
+        """Trials that count towards ``limits.trials``: complete, early-stopped or failed."""
         counts = self.get_study(study).trial_counts
-        return sum(n for state, n in counts.items() if state != TrialState.RUNNING)
+        return sum(n for state, n in counts.items() if state.is_finished)
 
     def trials(self, study: str, with_curves: bool = False) -> list[TrialRecord]:
         """The study's trials by number, with their learning curves if asked."""
@@ -342,21 +298,37 @@ class Store:
             rows = session.scalars(query.order_by(TrialRow.number)).all()
             return [_trial_record(row, with_curves) for row in rows]
 
+    def trial_page(
+        self, study: str, offset: int = 0, limit: int = 100
+    ) -> tuple[list[TrialRecord], int]:
+        """A page of the study's trials by number (no learning curves), and how many it has
+        in all: three queries, whatever the study's size."""
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            query = select(TrialRow).where(TrialRow.study_id == study_row.id)
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            page = query.order_by(TrialRow.number).offset(offset).limit(limit)
+            return [_trial_record(row, False) for row in session.scalars(page)], total
+
+    def trial(self, study: str, number: int) -> TrialRecord:
+        """One trial with its learning curve; raises ``NotFoundError``."""
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            row = session.scalars(
+                select(TrialRow)
+                .where(TrialRow.study_id == study_row.id, TrialRow.number == number)
+                .options(selectinload(TrialRow.epoch_results))
+            ).first()
+            if row is None:
+                raise NotFoundError(f"study {study!r} has no trial {number}")
+            return _trial_record(row, with_curve=True)
+
     def best_trial(self, study: str) -> TrialRecord | None:
         """The best trial that ran its whole budget; early-stopped trials never rank."""
         with self._session() as session:
             row = self._study_row(session, study)
-            order = TrialRow.objective.desc() if row.direction == "maximize" else TrialRow.objective
             best = session.scalars(
-                select(TrialRow)
-                .where(
-                    TrialRow.study_id == row.id,
-                    TrialRow.state == TrialState.COMPLETE,
-                    TrialRow.objective.is_not(None),
-                )
-                .order_by(order, TrialRow.number)
-                .limit(1)
-                .options(selectinload(TrialRow.epoch_results))
+                _best_trials([row.id]).options(selectinload(TrialRow.epoch_results))
             ).first()
             return _trial_record(best, with_curve=True) if best is not None else None
 
@@ -415,6 +387,75 @@ class Store:
         return row
 
 
+def _name_taken(name: str) -> AlreadyExistsError:
+    return AlreadyExistsError(f"study {name!r} already exists")
+
+
+def _trial_counts(session: Session, study_ids: Iterable[int]) -> dict[int, dict[TrialState, int]]:
+    """Each study's trials by state, every state present (zero if none): one query."""
+    counts = {study_id: dict.fromkeys(TrialState, 0) for study_id in study_ids}
+    rows = session.execute(
+        select(TrialRow.study_id, TrialRow.state, func.count())
+        .where(TrialRow.study_id.in_(counts))
+        .group_by(TrialRow.study_id, TrialRow.state)
+    )
+    for study_id, state, count in rows:
+        counts[study_id][state] = count
+    return counts
+
+
+def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
+    """The best trial of each study that has one: complete, with an objective, best in the
+    study's direction, the lowest number among equals."""
+    key = case((StudyRow.direction == "maximize", -TrialRow.objective), else_=TrialRow.objective)
+    rank = func.row_number().over(partition_by=TrialRow.study_id, order_by=(key, TrialRow.number))
+    ranked = (
+        select(TrialRow.id, rank.label("rank"))
+        .join(StudyRow, StudyRow.id == TrialRow.study_id)
+        .where(
+            TrialRow.study_id.in_(study_ids),
+            TrialRow.state == TrialState.COMPLETE,
+            TrialRow.objective.is_not(None),
+        )
+        .subquery()
+    )
+    return select(TrialRow).join(ranked, ranked.c.id == TrialRow.id).where(ranked.c.rank == 1)
+
+
+def _study_record(row: StudyRow, trial_counts: dict[TrialState, int]) -> StudyRecord:
+    return StudyRecord(
+        name=row.name,
+        status=row.status,
+        objective_metric=row.objective_metric,
+        direction=row.direction,
+        n_trials=row.n_trials,
+        definition=row.definition,
+        resolved_definition=row.resolved_definition,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=row.error,
+        trial_counts=trial_counts,
+        run_environment=None if row.model_type is None else RunEnvironment.model_validate(row),
+    )
+
+
+def _one_line(error: SQLAlchemyError) -> str:
+    """The driver's own message, first line, without SQLAlchemy's SQL and parameters."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    return f"{type(cause).__name__}: {lines[0]}"
+
+
 def _trial_record(row: TrialRow, with_curve: bool) -> TrialRecord:
     curve = [EpochRecord.model_validate(e) for e in row.epoch_results] if with_curve else []
     return TrialRecord.model_validate(row).model_copy(update={"learning_curve": curve})
+
+
+def _store_without_password(url: str) -> Store:
+    """A pickled ``Store``: usable where its URL holds no password, else it says why not."""
+    if "***" in url:
+        raise StorageError(
+            f"a pickled store of {url} has no password: open it with Store.open(url) instead"
+        )
+    return Store.from_url(url)

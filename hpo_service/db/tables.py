@@ -20,38 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from hpo_service.core.records import Scope, StudyStatus, TrialState
+
 TABLE_PREFIX = "hpo_"
-
-
-class StudyStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_finished(self) -> bool:
-        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED)
-
-
-class Scope(enum.StrEnum):
-    """What an API token may do; each scope includes the ones before it."""
-
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
-
-    def allows(self, needed: Scope) -> bool:
-        order = list(Scope)
-        return order.index(self) >= order.index(needed)
-
-
-class TrialState(enum.StrEnum):
-    RUNNING = "running"
-    COMPLETE = "complete"
-    EARLY_STOPPED = "early_stopped"
-    FAILED = "failed"
 
 
 class UtcDateTime(TypeDecorator[datetime]):

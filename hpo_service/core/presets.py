@@ -1,0 +1,150 @@
+"""Reading study definitions: YAML/JSON documents, search-space presets, and their merge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hpo_service.core.definition import KNOBS, StudyDefinition
+from hpo_service.core.errors import DefinitionError, NotFoundError
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hpo_service/
+MAX_DEPTH = 32  # mappings and lists inside each other; a definition needs about 5
+MAX_VALUES = 100_000  # values in a document once YAML aliases are expanded
+
+
+def presets_dir() -> Path:
+    """``search_spaces/``: inside the installed wheel, or beside the package in a checkout."""
+    for candidate in (_PACKAGE_DIR / "search_spaces", _PACKAGE_DIR.parent / "search_spaces"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("search_spaces/ is missing from this installation")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> the first comment line of its file (where it comes from)."""
+    presets = {}
+    for path in sorted(presets_dir().glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        presets[path.stem] = first.lstrip("# ").strip()
+    return presets
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's document; raises ``NotFoundError`` naming the presets that exist."""
+    path = presets_dir() / f"{name}.yaml"
+    if "/" in name or "\\" in name or not path.is_file():
+        raise NotFoundError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+    document = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(document, dict):
+        raise DefinitionError("preset", f"preset {name!r} is not a mapping")
+    return document
+
+
+def parse_document(
+    text: str, source: str = "definition", syntax: Literal["yaml", "json"] = "yaml"
+) -> dict[str, Any]:
+    """A YAML (or JSON, which is YAML) mapping, or strictly JSON with ``syntax="json"``.
+
+    Raises ``DefinitionError`` if it is not one, or is nested deeper than ``MAX_DEPTH`` or holds
+    more than ``MAX_VALUES`` values.
+    """
+    too_deep = DefinitionError(source, f"is nested deeper than {MAX_DEPTH} levels")
+    try:
+        document = json.loads(text) if syntax == "json" else yaml.safe_load(text)
+    except RecursionError as error:  # the parsers recurse once per level of nesting
+        raise too_deep from error
+    except json.JSONDecodeError as error:
+        raise DefinitionError(
+            source, f"not valid JSON: {error.msg} at line {error.lineno}"
+        ) from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DefinitionError(source, f"not valid YAML or JSON{where}") from error
+    except (ValueError, OverflowError) as error:  # a date like 2024-13-45, a 5000-digit number
+        raise DefinitionError(source, f"holds a value that cannot be read: {error}") from error
+    if not isinstance(document, dict):
+        kind = "an object" if syntax == "json" else "a mapping"
+        raise DefinitionError(source, f"must be {kind}, but got {type(document).__name__}")
+    _check_size(document, too_deep, source)
+    return document
+
+
+def _check_size(document: Any, too_deep: DefinitionError, source: str) -> None:
+    """Refuse deep nesting (or a YAML alias that contains itself) and alias bombs, without
+    recursing."""
+    stack, seen = [(document, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise DefinitionError(source, f"holds more than {MAX_VALUES} values")
+        if isinstance(node, dict | list):
+            if depth > MAX_DEPTH:
+                raise too_deep
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+
+
+def read_definition_file(path: Path) -> dict[str, Any]:
+    """The document in a YAML or JSON file, with relative dataset paths made absolute."""
+    if not path.is_file():
+        raise DefinitionError(str(path), "no such file")
+    document = parse_document(path.read_text(), source=str(path))
+    return with_paths_relative_to(document, path.parent)
+
+
+def with_paths_relative_to(document: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of the document whose relative ``dataset.train``/``eval`` are under ``base``."""
+    dataset = document.get("dataset")
+    if not isinstance(dataset, dict):
+        return document
+    dataset = dict(dataset)
+    for key in ("train", "eval"):
+        value = dataset.get(key)
+        if (
+            isinstance(value, str)
+            and "\x00" not in value  # the definition's validation refuses it by name
+            and not Path(value).expanduser().is_absolute()
+        ):
+            dataset[key] = str((base / value).resolve())
+    return {**document, "dataset": dataset}
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; nested mappings merge, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            # A parameter given inline replaces the preset's whole distribution.
+            merged[key] = dict(value) if key in _REPLACED_WHOLE else merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Sections whose values are tagged unions: merging a preset's {type: grid} into {type: tpe,
+# seed: 1} field by field would mix two kinds, so an inline value replaces them whole.
+_REPLACED_WHOLE = {"sampler", "early_stopping", *KNOBS}
+
+
+def resolve_definition(document: Mapping[str, Any]) -> StudyDefinition:
+    """The validated definition: the preset (if any) with the document's keys on top.
+
+    Raises ``pydantic.ValidationError`` for a bad definition and ``NotFoundError`` for an
+    unknown preset.
+    """
+    preset = document.get("preset")
+    merged = dict(document)
+    if isinstance(preset, str):
+        merged = merge(load_preset(preset), document)
+    return StudyDefinition.model_validate(merged)
+
+
+def definition_json_schema() -> str:
+    return json.dumps(StudyDefinition.model_json_schema(), indent=2)

@@ -1,0 +1,165 @@
+"""The service's vocabulary: study and trial states, token scopes, and the frozen records that
+the store returns and the API, CLI and client show. Pure: no database, Ray or HTTP code."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from hpo_service.core.definition import METRICS, StudyDefinition
+from hpo_service.core.errors import DefinitionError
+
+
+class StudyStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        """Queued or running: the study may still run trials, and may be cancelled."""
+        return self in ACTIVE_STATUSES
+
+    @property
+    def is_finished(self) -> bool:
+        return not self.is_active
+
+
+ACTIVE_STATUSES = frozenset({StudyStatus.QUEUED, StudyStatus.RUNNING})
+
+
+class Scope(enum.StrEnum):
+    """What an API token may do; each scope includes the ones before it."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+    def allows(self, needed: Scope) -> bool:
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+class TrialState(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETE = "complete"
+    EARLY_STOPPED = "early_stopped"
+    FAILED = "failed"
+    # Cut off by a crash (of the service, the driver or a worker): run again, not counted.
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the trial counts towards the study's ``limits.trials``."""
+        return self in (TrialState.COMPLETE, TrialState.EARLY_STOPPED, TrialState.FAILED)
+
+
+class EpochRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    epoch: int
+    objective: float
+    # One field per entry of METRICS, as the tables' columns (tests/db/test_store.py checks).
+    accuracy: float | None
+    f1: float | None
+    matthews_corrcoef: float | None
+    eval_loss: float | None
+    train_loss: float | None
+
+
+class TrialRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    objective: float | None
+    # One field per entry of METRICS, as the tables' columns (tests/db/test_store.py checks).
+    accuracy: float | None
+    f1: float | None
+    matthews_corrcoef: float | None
+    eval_loss: float | None
+    epochs: int
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    learning_curve: list[EpochRecord] = []
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return {m: getattr(self, m) for m in METRICS}
+
+
+class RunEnvironment(BaseModel):
+    """What a study's trials ran with: the model's type, the data's fingerprint, versions."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    model_type: str
+    dataset_fingerprint: str
+    torch_version: str
+    transformers_version: str
+    optuna_version: str
+    ray_version: str
+
+
+class StudyRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: StudyStatus
+    objective_metric: str
+    direction: str
+    n_trials: int
+    definition: dict[str, Any]
+    resolved_definition: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    trial_counts: dict[TrialState, int]
+    run_environment: RunEnvironment | None
+
+
+def check_warm_start(
+    definition: StudyDefinition, find_study: Callable[[str], StudyRecord | None]
+) -> None:
+    """Refuse a warm start from a study that is not there or that optimises something else;
+    ``find_study`` looks a stored study up by name."""
+    if definition.warm_start is None:
+        return
+    name = definition.warm_start.study
+    source = find_study(name)
+    if source is None:
+        raise DefinitionError("warm_start.study", f"there is no study named {name!r}")
+    if name == definition.name:
+        raise DefinitionError("warm_start.study", "a study cannot warm-start from itself")
+    theirs = (source.objective_metric, source.direction)
+    ours = (definition.objective.metric, definition.objective.mode)
+    if theirs != ours:
+        raise DefinitionError(
+            "warm_start.study",
+            f"study {name!r} optimises {theirs[0]} ({theirs[1]}), this one {ours[0]} ({ours[1]})",
+        )
+
+
+class TokenRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    name: str
+    prefix: str
+    scope: Scope
+    created_at: datetime
+    revoked_at: datetime | None

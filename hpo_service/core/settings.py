@@ -1,0 +1,95 @@
+"""Settings from ``HPO_*`` environment variables, built by each entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Set by the service in each driver it starts, so the driver dies with it.
+PARENT_PID_VARIABLE = "HPO_SERVICE_PID"
+# The object store of a local Ray, per study that may run on it at once.
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+
+
+def normalize_database_url(url: str) -> str:
+    """Use psycopg 3 for ``postgresql://`` URLs and make SQLite file paths absolute."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    return url
+
+
+def unreachable(address: str, timeout: float) -> str | None:
+    """Why nothing answers at a ``host:port``, ``ray://host:port`` or ``http://host:port``
+    address, or ``None`` if something does (or the address has no port to try, like ``auto``)."""
+    location = urlsplit(address if "//" in address else f"//{address}")
+    if location.hostname is None or location.port is None:
+        return None
+    try:
+        socket.create_connection((location.hostname, location.port), timeout=timeout).close()
+    except OSError as error:
+        return str(error)
+    return None
+
+
+class Settings(BaseSettings):
+    """Where results are stored, where trials run, and how the service serves."""
+
+    model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
+
+    database_url: str = "sqlite:///hpo.db"
+    ray_address: str | None = None
+    ray_jobs_address: str | None = Field(
+        default=None,
+        description="The Ray dashboard's URL (http://head:8265): run drivers as Ray jobs there.",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPUs of the local Ray (the service's head, or `hpo run`'s; default: all).",
+    )
+    work_dir: Path = Path(".hpo")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_running_studies: int = Field(default=1, ge=1)
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="Folders that submitted dataset paths may point into (os.pathsep-separated).",
+    )
+    auth: Literal["auto", "on"] = Field(
+        default="auto",
+        description="auto: tokens are required unless the service binds a loopback address.",
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    scheduler_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize(cls, url: str) -> str:
+        return normalize_database_url(url)
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return value
+
+    @field_validator("data_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        return [root.expanduser().resolve() for root in roots]

@@ -1,0 +1,120 @@
+"""After a crash: make hpo-service's tables and Optuna's agree, and queue interrupted trials again.
+
+A driver can die at any point between Optuna's ``ask``, our ``start_trial``, each epoch, our
+``finish_trial`` and Optuna's ``tell``. Our tables are the authority for a trial they finished;
+Optuna's for one it finished that ours still shows running. Every other trial left running in
+either is interrupted: FAIL in Optuna (user attribute ``hpo:interrupted``), ``interrupted`` in
+ours (a row is added for a trial only Optuna knew), and its configuration is enqueued in Optuna
+so the sampler runs it again first, from its last checkpoint where one was saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState as OptunaState
+
+from hpo_service.core.records import TrialRecord, TrialState
+from hpo_service.db.store import Store
+
+INTERRUPTED = "interrupted: the study's driver stopped before this trial finished"
+CHECKPOINT_ATTR = "hpo:checkpoint"
+RESUMES_ATTR = "hpo:resumes_trial"
+INTERRUPTED_ATTR = "hpo:interrupted"
+
+_OURS_FROM_OPTUNA = {
+    OptunaState.COMPLETE: TrialState.COMPLETE,
+    OptunaState.PRUNED: TrialState.EARLY_STOPPED,
+    OptunaState.FAIL: TrialState.FAILED,
+}
+_OPTUNA_FROM_OURS = {v: k for k, v in _OURS_FROM_OPTUNA.items()}
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What one reconciliation changed: trial numbers per kind of repair."""
+
+    interrupted: list[int]
+    adopted_from_optuna: list[int]
+    told_to_optuna: list[int]
+
+
+def reconcile(store: Store, storage: optuna.storages.BaseStorage, study: str) -> Reconciliation:
+    """Repair both stores of ``study`` after its driver died; see the module's docstring."""
+    ours = {trial.number: trial for trial in store.trials(study)}
+    try:
+        optuna_study = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # the driver died before Optuna heard of the study
+        numbers = store.interrupt_running_trials(study, INTERRUPTED)
+        return Reconciliation(interrupted=numbers, adopted_from_optuna=[], told_to_optuna=[])
+    interrupted, adopted, told = [], [], []
+    for theirs in optuna_study.get_trials(deepcopy=False):
+        mine = ours.get(theirs.number)
+        if theirs.state.is_finished():
+            if mine is not None and mine.state == TrialState.RUNNING:
+                _adopt(store, study, mine, theirs)
+                adopted.append(theirs.number)
+        elif theirs.state == OptunaState.RUNNING:
+            if mine is not None and mine.state.is_finished:
+                _tell(storage, theirs, mine)
+                told.append(theirs.number)
+            else:
+                _interrupt(store, storage, optuna_study, study, theirs, mine)
+                interrupted.append(theirs.number)
+    # Trials ours shows running that Optuna never asked for: nothing to run again.
+    interrupted += store.interrupt_running_trials(study, INTERRUPTED)
+    return Reconciliation(sorted(interrupted), adopted, told)
+
+
+def _adopt(store: Store, study: str, mine: TrialRecord, theirs: FrozenTrial) -> None:
+    """Optuna heard how the trial ended, ours did not: record Optuna's outcome."""
+    if theirs.user_attrs.get(INTERRUPTED_ATTR):
+        store.finish_trial(study, mine.number, TrialState.INTERRUPTED, INTERRUPTED)
+        return
+    error = "failed (recorded by Optuna only)" if theirs.state == OptunaState.FAIL else None
+    store.finish_trial(study, mine.number, _OURS_FROM_OPTUNA[theirs.state], error)
+
+
+def _tell(storage: optuna.storages.BaseStorage, theirs: FrozenTrial, mine: TrialRecord) -> None:
+    """Ours recorded how the trial ended, Optuna did not: tell it."""
+    state = _OPTUNA_FROM_OURS[mine.state]
+    values = [mine.objective] if state == OptunaState.COMPLETE else None
+    storage.set_trial_state_values(theirs._trial_id, state, values)
+
+
+def _interrupt(
+    store: Store,
+    storage: optuna.storages.BaseStorage,
+    optuna_study: optuna.Study,
+    study: str,
+    theirs: FrozenTrial,
+    mine: TrialRecord | None,
+) -> None:
+    # In this order, a crash part-way through runs the trial twice at worst, never zero times.
+    attrs: dict[str, Any] = {RESUMES_ATTR: theirs.number}
+    if CHECKPOINT_ATTR in theirs.user_attrs:
+        attrs[CHECKPOINT_ATTR] = theirs.user_attrs[CHECKPOINT_ATTR]
+    optuna_study.enqueue_trial(dict(theirs.params), user_attrs=attrs, skip_if_exists=False)
+    storage.set_trial_user_attr(theirs._trial_id, INTERRUPTED_ATTR, True)
+    storage.set_trial_state_values(theirs._trial_id, OptunaState.FAIL)
+    if mine is None:  # asked, but cut off before our tables recorded it
+        store.start_trial(study, theirs.number, dict(theirs.params))
+    store.finish_trial(study, theirs.number, TrialState.INTERRUPTED, INTERRUPTED)
+
+
+def fail_cut_off_trials(
+    store: Store, storage: optuna.storages.BaseStorage, study: str, reason: str
+) -> None:
+    """A cancelled study's trials still running end as failed with ``reason``, in both stores."""
+    for trial in store.trials(study):
+        if trial.state == TrialState.RUNNING:
+            store.finish_trial(study, trial.number, TrialState.FAILED, reason)
+    try:
+        optuna_study = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:
+        return
+    for theirs in optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        storage.set_trial_state_values(theirs._trial_id, OptunaState.FAIL)

@@ -1,0 +1,5 @@
+import sys
+
+from hpo_service.driver.process import main
+
+sys.exit(main())

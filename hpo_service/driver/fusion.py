@@ -1,0 +1,142 @@
+"""Fused trials on Ray: trials that share shapes train as one stacked model in a fusion worker.
+
+Each trial stays a Ray Tune trial of its own (so the searcher, ASHA, the recorder, our tables and
+Optuna's see it as one), but its trainable is a stand-in: it joins a ``FusionWorker`` actor that
+holds the device, and reports the epochs the worker trains for it. ASHA stopping a trial ends its
+stand-in, which leaves the group; the freed slot takes the next trial.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import ray
+from ray import tune
+
+from hpo_service.training.trainable import TrialSetup
+
+JOIN_POLL_S = 0.2
+# A stand-in trial only waits on its worker; the worker holds the group's CPUs and GPUs.
+MEMBER_CPUS = 0.01
+_DONE = object()
+
+
+@ray.remote
+class FusionWorker:
+    """One device's group of fused trials: trains while it has members, in its own thread."""
+
+    def __init__(self, setup: TrialSetup) -> None:
+        self._setup = setup
+        self._trainer: Any = None  # a training.fused.FusedTrainer once a member joins
+        self._capacity = 0
+        self._key: tuple[Any, ...] | None = None
+        self._reports: dict[str, queue.Queue[Any]] = {}
+        self._lock = threading.Lock()
+        self._training = False
+
+    def configure(self, capacity: int) -> None:
+        self._capacity = capacity
+
+    def join(self, member: str, config: dict[str, Any]) -> bool:
+        """Take ``member`` if a slot is free and its shapes match the group's; else False."""
+        from hpo_service.training.fused import FusedTrainer, fusion_key
+
+        key = fusion_key(config)
+        with self._lock:
+            if len(self._reports) >= self._capacity or (self._reports and key != self._key):
+                return False
+            if self._trainer is None:
+                self._trainer = FusedTrainer(self._setup)
+            self._trainer.add(member, config)
+            self._key = key
+            self._reports[member] = queue.Queue()
+            if not self._training:
+                self._training = True
+                threading.Thread(target=self._train, daemon=True).start()
+            return True
+
+    def next_report(self, member: str) -> dict[str, Any] | None:
+        """The member's next epoch report; ``None`` once it has run all its epochs."""
+        reports = self._reports.get(member)
+        if reports is None:
+            return None
+        item = reports.get()
+        if item is _DONE:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def leave(self, member: str) -> None:
+        """Drop ``member`` (stopped early, cancelled, or done); idempotent."""
+        with self._lock:
+            if self._trainer is not None and member in self._trainer.members:
+                self._trainer.remove(member)
+            reports = self._reports.pop(member, None)
+        if reports is not None:
+            reports.put(_DONE)
+
+    def _train(self) -> None:
+        while True:
+            with self._lock:
+                trainer = self._trainer
+                if trainer is None or not trainer.members:
+                    self._reports_done()
+                    self._key, self._training = None, False
+                    return
+                try:
+                    finished = trainer.step()
+                except Exception as error:  # every member's trial fails with the group's error
+                    for reports in self._reports.values():
+                        reports.put(error)
+                    self._reports.clear()
+                    self._trainer, self._key, self._training = None, None, False
+                    return
+                for member, report in finished:
+                    if member in self._reports:
+                        self._reports[member].put(report)
+                self._reports_done()
+
+    def _reports_done(self) -> None:
+        """Members the trainer finished (their last epoch reported) get the end marker."""
+        members = self._trainer.members if self._trainer is not None else []
+        for member in [m for m in self._reports if m not in members]:
+            self._reports.pop(member).put(_DONE)
+
+
+def fused_member_trial(config: dict[str, Any], workers: list[Any]) -> None:
+    """Ray Tune function trainable: join a fusion worker and report the epochs it trains."""
+    member = tune.get_context().get_trial_id()
+    worker = _join(workers, member, config)
+    try:
+        while (report := ray.get(worker.next_report.remote(member))) is not None:
+            tune.report(report)
+    finally:
+        ray.get(worker.leave.remote(member))
+
+
+def _join(workers: list[Any], member: str, config: dict[str, Any]) -> Any:
+    while True:
+        for worker in workers:
+            if ray.get(worker.join.remote(member, config)):
+                return worker
+        time.sleep(JOIN_POLL_S)
+
+
+def start_workers(
+    setup: TrialSetup | ray.ObjectRef, count: int, capacity: int, cpus: float, gpus: float
+) -> list[Any]:
+    """``count`` fusion workers with ``capacity`` member slots each."""
+    workers = [
+        FusionWorker.options(
+            num_cpus=max(cpus - MEMBER_CPUS * capacity, 0.0),
+            num_gpus=gpus,
+            max_concurrency=capacity + 4,
+        ).remote(setup)
+        for _ in range(count)
+    ]
+    ray.get([worker.configure.remote(capacity) for worker in workers])
+    return workers

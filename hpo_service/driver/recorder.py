@@ -1,0 +1,112 @@
+"""Ray Tune callbacks on the driver: record trials in the service's tables, stop on failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback, Stopper
+
+from hpo_service.core.definition import KNOBS
+from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.db.store import Store
+from hpo_service.driver.searcher import RESUME_KEY, StudySearcher, trial_outcome
+
+
+def trial_error_message(trial: Any) -> str:
+    """The last line of a failed trial's traceback: the exception and its message."""
+    # The driver's copy of the error file: the copy in storage is synced later.
+    path = Path(trial.error_file) if trial.error_file else None
+    text = path.read_text() if path is not None and path.is_file() else ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed without an error message"
+
+
+class TrialRecorder(Callback):
+    """Writes each trial, each epoch's evaluation and each outcome to the ``Store``."""
+
+    def __init__(self, store: Store, study: str, searcher: StudySearcher) -> None:
+        self.store = store
+        self.study = study
+        self.searcher = searcher
+        self._numbers: dict[str, int] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self.searcher.trial_number(trial.trial_id)
+        self._numbers[trial.trial_id] = number
+        params = {k: v for k, v in trial.config.items() if k in KNOBS and v is not None}
+        self.store.start_trial(self.study, number, params)
+        resume = trial.config.get(RESUME_KEY)
+        if resume and resume["checkpoint"]:  # it goes on from the epochs that trial finished
+            self.store.copy_epochs(self.study, int(resume["trial"]), number)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if "epoch" in result and trial.trial_id in self._numbers:
+            self.store.record_epoch(self.study, self._numbers[trial.trial_id], result)
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
+        self.searcher.remember_checkpoint(trial.trial_id, checkpoint.path)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self._numbers.pop(trial.trial_id, None)
+        if number is None:  # never started: the study ended first
+            return
+        outcome = trial_outcome(trial.last_result)
+        error = None
+        if outcome == TrialState.FAILED:
+            error = "stopped before its first evaluation (the study was cancelled or out of time)"
+        self.store.finish_trial(self.study, number, outcome, error)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        number = self._numbers.pop(trial.trial_id, None)
+        if number is not None:
+            self.store.finish_trial(
+                self.study, number, TrialState.FAILED, trial_error_message(trial)
+            )
+
+
+class FailedTrialLimit(Callback, Stopper):
+    """Stops the whole study once ``limit`` trials have failed (no limit when ``None``)."""
+
+    def __init__(self, limit: int | None, already_failed: int = 0) -> None:
+        self.limit = limit
+        self.failed = already_failed
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.failed += 1
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.limit is not None and self.failed >= self.limit
+
+    @property
+    def reached(self) -> bool:
+        return self.stop_all()
+
+
+class CancelWatch(Stopper):
+    """Stops the whole study once it is cancelled in the database (checked every few seconds)."""
+
+    def __init__(self, store: Store, study: str, interval_s: float = 2.0) -> None:
+        self.store = store
+        self.study = study
+        self.interval_s = interval_s
+        self._checked_at = 0.0
+        self._cancelled = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked_at >= self.interval_s:
+            self._checked_at = now
+            self._cancelled = self.store.get_study(self.study).status == StudyStatus.CANCELLED
+        return self._cancelled

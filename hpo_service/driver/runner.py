@@ -1,0 +1,323 @@
+"""Runs a study: checks its data, then Ray Tune + Optuna trials, recorded in SQL. The one home of
+Ray in hpo-service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
+from ray.tune.stopper import CombinedStopper
+
+from hpo_service.core.definition import Asha, Hyperband, MedianStopping, StudyDefinition
+from hpo_service.core.errors import HpoError, RayUnavailableError
+from hpo_service.core.packing import DeviceFacts, plan_packing
+from hpo_service.core.records import (
+    ACTIVE_STATUSES,
+    RunEnvironment,
+    StudyRecord,
+    StudyStatus,
+    TrialState,
+    check_warm_start,
+)
+from hpo_service.core.settings import LOCAL_OBJECT_STORE_BYTES, Settings, unreachable
+from hpo_service.data import dataset_fingerprint, load_labelled_data
+from hpo_service.db.optuna_storage import optuna_storage
+from hpo_service.db.reconcile import reconcile
+from hpo_service.db.store import Store
+from hpo_service.driver.fusion import MEMBER_CPUS, fused_member_trial, start_workers
+from hpo_service.driver.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
+from hpo_service.driver.search_space import optuna_distributions, optuna_sampler
+from hpo_service.driver.searcher import StudySearcher, warm_start_trials
+from hpo_service.training.footprint import gpu_memory_bytes, trial_footprint
+from hpo_service.training.modeling import model_type, tokenize
+from hpo_service.training.trainable import TrialSetup, train_trial
+
+GPU_PROBE_TIMEOUT_S = 300
+_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Our own tables and Optuna's hold the results; skip Ray's CSV/JSON/TensorBoard files.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+@contextmanager
+def ray_runtime(settings: Settings) -> Iterator[None]:
+    """Ray for the study: the cluster at ``settings.ray_address``, else a fresh local one.
+
+    A Ray already initialised in this process is used as is and left running.
+    """
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    # Ray's result files are off (see _RAY_ENV); its warnings that they are missing are noise.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        yield
+        return
+    if settings.ray_address:
+        _check_reachable(settings.ray_address)
+        try:
+            ray.init(
+                address=settings.ray_address, log_to_driver=False, logging_level=logging.WARNING
+            )
+        except ConnectionError as error:
+            raise RayUnavailableError(
+                f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={settings.ray_address}: "
+                f"{error} ({error.__cause__}). A cluster started by `ray start` wants token "
+                "authentication: set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token)"
+            ) from error
+    else:
+        ray.init(
+            address="local",
+            num_cpus=settings.ray_num_cpus,
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a cluster address nobody answers at (Ray itself retries for minutes)."""
+    reason = unreachable(address, timeout=10)
+    if reason is not None:
+        raise RayUnavailableError(
+            f"cannot connect to the Ray cluster at HPO_RAY_ADDRESS={address}: {reason}"
+        )
+
+
+def run_study(
+    document: dict[str, Any],
+    definition: StudyDefinition,
+    settings: Settings,
+    callbacks: Sequence[tune.Callback] = (),
+) -> StudyRecord:
+    """Check the data, store the study, run every trial, and return the finished study.
+
+    Raises ``DefinitionError`` (bad data, before anything is stored),
+    ``AlreadyExistsError`` (the name is taken) and ``RayUnavailableError``.
+    """
+    store = Store.open(settings.database_url)
+    store.check_name_free(definition.name)  # before the costly tokenizing and Ray
+    check_warm_start(definition, store.find_study)
+    setup = prepare_trials(definition)
+    with ray_runtime(settings):  # before the study is stored: no cluster, no study
+        store.create_study(document, definition)
+        return _run(store, definition, settings, setup, callbacks)
+
+
+def resume_study(
+    name: str, settings: Settings, callbacks: Sequence[tune.Callback] = ()
+) -> StudyRecord:
+    """Run a stored study to its end: a queued one from the start, an interrupted one onwards.
+
+    Trials that a dead driver left running are recorded as failed (in Optuna too) and count
+    towards the study's trials; the rest of its trials run, so it ends with exactly
+    ``limits.trials`` finished trials.
+    """
+    store = Store.open(settings.database_url)
+    record = store.get_study(name)
+    definition = StudyDefinition.model_validate(record.resolved_definition)
+    try:
+        setup = prepare_trials(definition)
+    except HpoError as error:
+        store.set_status(name, StudyStatus.FAILED, str(error))
+        raise
+    with ray_runtime(settings):
+        return _run(store, definition, settings, setup, callbacks)
+
+
+def prepare_trials(definition: StudyDefinition) -> TrialSetup:
+    """Read, check and tokenize the study's data once, for every trial."""
+    data = load_labelled_data(definition.dataset)
+    tokenized = tokenize(definition.model, data, definition.dataset.max_seq_length)
+    return TrialSetup(
+        model=definition.model,
+        metric=definition.objective.metric,
+        data=tokenized,
+        checkpoints=definition.execution.checkpoints,
+    )
+
+
+def run_environment(definition: StudyDefinition) -> RunEnvironment:
+    """The model's type, the data's fingerprint and the library versions trials run with."""
+    return RunEnvironment(
+        model_type=model_type(definition.model),
+        dataset_fingerprint=dataset_fingerprint(definition.dataset),
+        **{f"{name}_version": version(name) for name in ("torch", "transformers", "optuna", "ray")},
+    )
+
+
+def _run(
+    store: Store,
+    definition: StudyDefinition,
+    settings: Settings,
+    setup: TrialSetup,
+    callbacks: Sequence[tune.Callback],
+) -> StudyRecord:
+    name = definition.name
+    if not store.set_status(name, StudyStatus.RUNNING, only_from=ACTIVE_STATUSES):
+        return store.get_study(name)  # cancelled before it started
+    failed_before = store.get_study(name).trial_counts[TrialState.FAILED]
+    failures = FailedTrialLimit(definition.limits.max_failed_trials, failed_before)
+    try:
+        store.record_run_environment(name, run_environment(definition))
+        reconcile(store, optuna_storage(settings.database_url), name)
+        remaining = definition.n_trials - store.finished_trial_count(name)
+        if remaining > 0:
+            _fit(definition, remaining, settings, setup, store, [failures, *callbacks])
+    except KeyboardInterrupt:
+        reconcile(store, optuna_storage(settings.database_url), name)
+        store.set_status(name, StudyStatus.CANCELLED, "interrupted", only_from=ACTIVE_STATUSES)
+        raise
+    except BaseException as error:
+        store.set_status(name, StudyStatus.FAILED, f"{type(error).__name__}: {error}")
+        raise
+    if failures.reached:
+        message = f"stopped after {failures.failed} failed trials (limits.max_failed_trials)"
+        store.set_status(name, StudyStatus.FAILED, message, only_from=ACTIVE_STATUSES)
+    else:
+        store.set_status(name, StudyStatus.COMPLETED, only_from=ACTIVE_STATUSES)
+    # The study ended on its own: no trial of it will run again, so its checkpoints can go.
+    for checkpoint in (settings.work_dir / "ray_results" / name).glob("*/checkpoint_*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return store.get_study(name)
+
+
+def _fit(
+    definition: StudyDefinition,
+    n_trials: int,
+    settings: Settings,
+    setup: TrialSetup,
+    store: Store,
+    callbacks: Sequence[tune.Callback],
+) -> None:
+    mode = "max" if definition.objective.mode == "maximize" else "min"
+    storage = optuna_storage(settings.database_url)
+    searcher = StudySearcher(
+        space=optuna_distributions(definition),
+        metric="objective",
+        mode=mode,
+        sampler=optuna_sampler(definition),
+        study_name=definition.name,
+        storage=storage,
+    )
+    source = definition.warm_start.study if definition.warm_start else None
+    searcher.seed(source, warm_start_trials(definition, storage), definition.enqueue)
+    stoppers = [c for c in callbacks if isinstance(c, tune.Stopper)]
+    packing = plan_packing(definition, device_facts(definition, setup))
+    workers = []
+    if packing.fuse_trials > 1:
+        workers = start_workers(
+            ray.put(setup),
+            count=packing.workers,
+            capacity=packing.fuse_trials,
+            cpus=packing.cpus_per_worker,
+            gpus=packing.gpus_per_worker,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(fused_member_trial, workers=workers), {"cpu": MEMBER_CPUS}
+        )
+    else:
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, setup=setup),
+            {"cpu": packing.cpus_per_worker, "gpu": packing.gpus_per_worker},
+        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=definition.parameters.fixed_values(),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(definition, mode),
+            num_samples=n_trials,
+            max_concurrent_trials=packing.concurrent_trials,
+            time_budget_s=definition.limits.time_budget_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=definition.name,
+            storage_path=str(settings.work_dir / "ray_results"),
+            callbacks=[TrialRecorder(store, definition.name, searcher), *callbacks],
+            stop=CombinedStopper(CancelWatch(store, definition.name), *stoppers),
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+    if store.running_trial_numbers(definition.name):
+        # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say what happened.
+        raise KeyboardInterrupt
+
+
+def device_facts(definition: StudyDefinition, setup: TrialSetup) -> DeviceFacts:
+    """The GPU memory a trial would get and its estimated footprint; nothing on CPU trials."""
+    resources = definition.resources_per_trial
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    if resources.gpus == 0 or cluster_gpus == 0:
+        return DeviceFacts()
+    probe = ray.remote(num_gpus=min(resources.gpus, 1.0))(gpu_memory_bytes)
+    trial_bytes, member_bytes = trial_footprint(
+        definition.model,
+        setup.data.label_names,
+        definition.parameters.largest("batch_size"),
+        definition.dataset.max_seq_length,
+    )
+    return DeviceFacts(
+        gpu_memory_bytes=ray.get(probe.remote(), timeout=GPU_PROBE_TIMEOUT_S),
+        cluster_gpus=cluster_gpus,
+        trial_bytes=trial_bytes,
+        member_bytes=member_bytes,
+    )
+
+
+def _scheduler(definition: StudyDefinition, mode: str) -> TrialScheduler:
+    """Ray Tune's scheduler for the study's early stopping. Time is counted in epochs, not in
+    Ray's iterations: a trial resumed after a crash starts past its first epoch."""
+    rule = definition.early_stopping
+    common: dict[str, Any] = {"time_attr": "epoch", "metric": "objective", "mode": mode}
+    if isinstance(rule, Asha):
+        return ASHAScheduler(
+            **common,
+            max_t=definition.parameters.max_epochs(),
+            grace_period=rule.grace_period,
+            reduction_factor=rule.reduction_factor,
+        )
+    if isinstance(rule, Hyperband):
+        return AsyncHyperBandScheduler(
+            **common,
+            max_t=definition.parameters.max_epochs(),
+            grace_period=rule.grace_period,
+            reduction_factor=rule.reduction_factor,
+            brackets=rule.brackets,
+        )
+    if isinstance(rule, MedianStopping):
+        return MedianStoppingRule(
+            **common,
+            grace_period=rule.grace_period,
+            min_samples_required=rule.min_samples_required,
+        )
+    return FIFOScheduler()

@@ -1,0 +1,151 @@
+"""Ray Tune's ``OptunaSearch``, telling Optuna what really happened to each trial.
+
+Ray's searcher tells a trial that ASHA stopped early as COMPLETE with its partial score, a trial
+that failed after reporting as COMPLETE too, and drops the last intermediate value of a stopped
+trial. Here an early-stopped trial is PRUNED (with its whole learning curve), a failed one FAIL,
+so Optuna's best trial, its samplers and the dashboard all see the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, create_trial
+from optuna.trial import TrialState as OptunaTrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.records import TrialState
+from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
+
+_OPTUNA_STATES = {
+    TrialState.COMPLETE: OptunaTrialState.COMPLETE,
+    TrialState.EARLY_STOPPED: OptunaTrialState.PRUNED,
+    TrialState.FAILED: OptunaTrialState.FAIL,
+}
+# The key of a rerun trial's config that says what it resumes (not a knob).
+RESUME_KEY = "resume"
+# User attributes in Optuna: a trial copied from another study ("study#number"), and a trial
+# whose configuration the definition's `enqueue` gave.
+WARM_START_ATTR = "hpo:warm_start_from"
+ENQUEUED_ATTR = "hpo:enqueued"
+
+
+def warm_start_trials(
+    definition: StudyDefinition, storage: optuna.storages.BaseStorage
+) -> list[FrozenTrial]:
+    """The complete trials of the study named by ``warm_start`` whose parameters lie in this
+    study's space (none when it has no warm start or Optuna never heard of that study)."""
+    if definition.warm_start is None:
+        return []
+    try:
+        source = optuna.load_study(study_name=definition.warm_start.study, storage=storage)
+    except KeyError:
+        return []
+    finished = source.get_trials(deepcopy=False, states=(OptunaTrialState.COMPLETE,))
+    return [trial for trial in finished if definition.parameters.holds(trial.params)]
+
+
+def is_early_stopped(result: dict[str, Any] | None) -> bool:
+    """Whether a trial's last result is short of the epochs it planned."""
+    if not result or "epoch" not in result:
+        return False
+    return int(result["epoch"]) < int(result["epochs_planned"])
+
+
+def trial_outcome(result: dict[str, Any] | None, error: bool = False) -> TrialState:
+    """How a trial that Ray ended came out: the one place that classifies it."""
+    if error or not result or "objective" not in result:
+        return TrialState.FAILED
+    return TrialState.EARLY_STOPPED if is_early_stopped(result) else TrialState.COMPLETE
+
+
+def _step(result: dict[str, Any]) -> int:
+    return int(result.get("epoch", result["training_iteration"]))
+
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` with honest trial states; also maps Ray trial ids to Optuna numbers."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._reported_steps: dict[str, set[int]] = {}
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Nothing: a study resumes from the database, and the Optuna study this searcher holds
+        would write the database URL, password included, into Ray's files."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the searcher into tuner.pkl; the storage (and its URL) stays out.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_ot_study")}
+
+    def seed(self, source: str | None, trials: list[FrozenTrial], enqueue: list[dict]) -> None:
+        """On the study's first run only (Optuna holds none of its trials yet): ``trials`` of
+        study ``source`` as finished trials the sampler learns from (they never run and never
+        count), then the ``enqueue`` configurations, which run first, in order."""
+        if self._ot_study.get_trials(deepcopy=False):
+            return  # run again after a crash: it was seeded the first time
+        for trial in trials:
+            self._ot_study.add_trial(
+                create_trial(
+                    params={name: trial.params[name] for name in self._space},
+                    distributions=self._space,
+                    value=trial.value,
+                    user_attrs={WARM_START_ATTR: f"{source}#{trial.number}"},
+                )
+            )
+        for point in enqueue:
+            self._ot_study.enqueue_trial(point, user_attrs={ENQUEUED_ATTR: True})
+
+    def trial_number(self, trial_id: str) -> int:
+        return self._ot_trials[trial_id].number
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next configuration; a trial run again after a crash also gets ``resume``: the
+        number of the trial it replaces and that trial's last checkpoint, if it saved one."""
+        config = super().suggest(trial_id)
+        attrs = self._ot_trials[trial_id].user_attrs if trial_id in self._ot_trials else {}
+        if config is not None and RESUMES_ATTR in attrs:
+            resume = {"trial": attrs[RESUMES_ATTR], "checkpoint": attrs.get(CHECKPOINT_ATTR)}
+            config = {**config, RESUME_KEY: resume}
+            if resume["checkpoint"]:  # it goes on from that trial's epochs: show them
+                self._copy_curve(trial_id, int(resume["trial"]))
+        return config
+
+    def _copy_curve(self, trial_id: str, number: int) -> None:
+        earlier = self._ot_study.get_trials(deepcopy=False)[number]
+        for step, value in sorted(earlier.intermediate_values.items()):
+            self._ot_trials[trial_id].report(value, step)
+            self._reported_steps.setdefault(trial_id, set()).add(step)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Steps are epochs (not Ray's iterations): a resumed trial starts past epoch 1.
+        if trial_id in self._completed_trials or self.metric not in result:
+            return
+        step = _step(result)
+        self._ot_trials[trial_id].report(result[self.metric], step)
+        self._reported_steps.setdefault(trial_id, set()).add(step)
+
+    def remember_checkpoint(self, trial_id: str, path: str) -> None:
+        """Where the trial's latest checkpoint is, for a rerun after a crash."""
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(CHECKPOINT_ATTR, path)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        outcome = trial_outcome(result, error)
+        state, value = _OPTUNA_STATES[outcome], None
+        if outcome == TrialState.COMPLETE:
+            value = result[self.metric]  # type: ignore[index]
+        elif outcome == TrialState.EARLY_STOPPED:
+            step = _step(result)  # type: ignore[arg-type]
+            if step not in self._reported_steps.get(trial_id, set()):
+                ot_trial.report(result[self.metric], step)  # type: ignore[index]
+        self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+        self._reported_steps.pop(trial_id, None)

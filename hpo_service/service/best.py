@@ -1,0 +1,111 @@
+"""The best configuration of a study as a versioned document for CI, and the gate on it.
+
+Formats: ``json`` and ``yaml`` (the whole document), ``env`` (``KEY=VALUE`` lines for a CI
+environment file) and ``training-args`` (JSON that ``TrainingArguments(**json.load(f))`` takes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import yaml
+
+from hpo_service import __version__
+from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.errors import NotFoundError
+from hpo_service.core.records import StudyRecord, TrialRecord
+from hpo_service.core.training_args import dropout_fields, training_arguments, trial_values
+from hpo_service.db.store import Store
+
+SCHEMA = "hpo-service/best-config/v1"
+Format = Literal["json", "yaml", "env", "training-args"]
+FORMATS: tuple[Format, ...] = ("json", "yaml", "env", "training-args")
+
+
+def best_config(store: Store, study: str) -> dict[str, Any]:
+    """The best full-budget trial of ``study`` as a best-config document.
+
+    Raises ``NotFoundError`` if the study does not exist or has no complete trial yet.
+    """
+    record = store.get_study(study)
+    best = store.best_trial(study)
+    if best is None:
+        raise NotFoundError(f"study {study!r} has no complete trial yet")
+    return best_document(record, best)
+
+
+def best_document(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
+    definition = StudyDefinition.model_validate(study.resolved_definition)
+    values = trial_values(trial.params)
+    environment = study.run_environment
+    model_type = environment.model_type if environment else None
+    overrides = (
+        dict.fromkeys(dropout_fields(model_type or ""), values["dropout"])
+        if values["dropout"] is not None
+        else {}
+    )
+    return {
+        "schema": SCHEMA,
+        "study": study.name,
+        "status": study.status.value,
+        "trial": trial.number,
+        "objective": {
+            "metric": study.objective_metric,
+            "direction": study.direction,
+            "value": trial.objective,
+        },
+        "metrics": trial.metrics,
+        "parameters": values,
+        "training_arguments": training_arguments(trial.params),
+        "model": {
+            "name": definition.model.name,
+            "revision": definition.model.revision,
+            "type": model_type,
+            "config_overrides": overrides,
+        },
+        "dataset": {
+            "train": definition.dataset.train,
+            "eval": definition.dataset.eval,
+            "hub": definition.dataset.hub,
+            "text_fields": definition.dataset.text_fields,
+            "label_field": definition.dataset.label_field,
+            "max_seq_length": definition.dataset.max_seq_length,
+            "fingerprint": environment.dataset_fingerprint if environment else None,
+        },
+        "versions": {
+            "hpo_service": __version__,
+            "torch": environment.torch_version if environment else None,
+            "transformers": environment.transformers_version if environment else None,
+            "optuna": environment.optuna_version if environment else None,
+            "ray": environment.ray_version if environment else None,
+        },
+        "epochs": trial.epochs,
+        "finished_at": trial.finished_at.isoformat() if trial.finished_at else None,
+    }
+
+
+def render(document: dict[str, Any], fmt: Format) -> str:
+    if fmt == "yaml":
+        return yaml.safe_dump(document, sort_keys=False)
+    if fmt == "env":
+        return "".join(f"{key}={value}\n" for key, value in env_lines(document))
+    if fmt == "training-args":
+        return json.dumps(document["training_arguments"], indent=2)
+    return json.dumps(document, indent=2)
+
+
+def env_lines(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """``HPO_*`` variables: the study, trial, objective, metrics, parameters and model."""
+    objective = document["objective"]
+    pairs: list[tuple[str, Any]] = [
+        ("HPO_STUDY", document["study"]),
+        ("HPO_TRIAL", document["trial"]),
+        ("HPO_OBJECTIVE_METRIC", objective["metric"]),
+        ("HPO_OBJECTIVE_VALUE", objective["value"]),
+        ("HPO_MODEL", document["model"]["name"]),
+        ("HPO_DATASET_FINGERPRINT", document["dataset"]["fingerprint"]),
+    ]
+    pairs += [(f"HPO_METRIC_{k.upper()}", v) for k, v in document["metrics"].items()]
+    pairs += [(f"HPO_PARAM_{k.upper()}", v) for k, v in document["parameters"].items()]
+    return [(key, "" if value is None else str(value)) for key, value in pairs]

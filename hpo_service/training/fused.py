@@ -1,0 +1,231 @@
+"""Fused trials: several trials of one study trained together as one stacked model.
+
+Horizontal fusion (HFTA, Wang et al., MLSys 2021): members that share the model and the batch
+shape run as one ``vmap``'d forward and backward, each with its own hyperparameters, seed, data
+order, dropout, schedule and number of epochs, so small models fill the accelerator. Each member
+trains as :func:`hpo_service.training.engine.train` would train it alone: same head
+initialisation, same batches, same loss, same AdamW, same schedule, same clipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import set_seed
+
+from hpo_service.training.batches import Batch, TensorSplit, steps_per_epoch, train_batches
+from hpo_service.training.engine import (
+    TrialHyper,
+    device_and_autocast,
+    epoch_report,
+    evaluate,
+    lr_multiplier,
+    no_decay,
+    weighted_loss,
+)
+from hpo_service.training.modeling import load_model
+from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member, make_stackable
+
+if TYPE_CHECKING:
+    from hpo_service.training.trainable import TrialSetup
+
+
+def fusion_key(config: dict[str, Any]) -> tuple[Any, ...]:
+    """Members with equal keys may train in one group: (batch_size, gradient_accumulation_steps)."""
+    hyper = TrialHyper.from_config(config)
+    return (int(hyper.batch_size), int(hyper.gradient_accumulation_steps))
+
+
+@dataclass
+class _Member:
+    """One member's progress: optimizer steps done and its current epoch's batches."""
+
+    name: str
+    hyper: TrialHyper
+    steps_per_epoch: int
+    schedule: Any  # step -> learning-rate multiplier
+    step: int = 0
+    batches: list[Batch] = field(default_factory=list)
+    loss_sum: torch.Tensor | float = 0.0  # of this epoch's steps, on the device
+
+    @property
+    def epochs(self) -> int:
+        return int(self.hyper.num_train_epochs)
+
+    def micro_batches(self, split: TensorSplit) -> list[Batch]:
+        """The batches of this member's next optimizer step, in its own seeded order."""
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        if index == 0:  # epochs count from 1, as in engine.train
+            self.batches = train_batches(split, self.hyper.batch_size, self.hyper.seed, epoch + 1)
+        accumulation = self.hyper.gradient_accumulation_steps
+        return self.batches[index * accumulation : (index + 1) * accumulation]
+
+
+class FusedTrainer:
+    """Trains a changing group of trials of one study as one stacked model."""
+
+    def __init__(self, setup: TrialSetup, device: torch.device | None = None) -> None:
+        self.setup = setup
+        default_device, dtype = device_and_autocast()
+        self.device = device or default_device
+        self.autocast_dtype = dtype if self.device.type == "cuda" else None
+        self.train_split = setup.data.train.to(self.device)
+        self.eval_split = setup.data.eval.to(self.device)
+        self.stack: Stack | None = None
+        self.optimizer = StackedAdamW(lambda name: not no_decay(name))
+        self._members: list[_Member] = []
+        self.key: tuple[Any, ...] | None = None
+        self.takes_types = True
+
+    @property
+    def members(self) -> list[str]:
+        return [m.name for m in self._members]
+
+    def add(self, member: str, config: dict[str, Any]) -> None:
+        """Start training ``member`` (at its own step 0), even while others are mid-training."""
+        key = fusion_key(config)
+        if self.key is not None and key != self.key:
+            raise ValueError(
+                f"trial {member!r} has fusion key (batch_size, gradient_accumulation_steps) "
+                f"{key}, the group has {self.key}"
+            )
+        if member in self.members:
+            raise ValueError(f"trial {member!r} is already in the group {self.members}")
+        hyper = TrialHyper.from_config(config)
+        set_seed(int(hyper.seed))  # before the head is initialised, as when trained alone
+        model = load_model(self.setup.model, self.setup.data.label_names, hyper.dropout)
+        model = make_stackable(model).to(self.device)
+        self.takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        if self.stack is None:
+            self.stack = Stack([model])
+        else:
+            self.stack.extend(model)
+        self.optimizer.add_member(self.stack.params, hyper.weight_decay, hyper.adam_epsilon)
+        per_epoch = steps_per_epoch(len(self.train_split), key[0], key[1])
+        schedule = lr_multiplier(hyper, per_epoch * int(hyper.num_train_epochs))
+        self._members.append(_Member(member, hyper, per_epoch, schedule))
+        self.key = key
+
+    def remove(self, member: str) -> None:
+        """Drop ``member`` (early-stopped, cancelled or done) and free its tensors."""
+        keep = [i for i, m in enumerate(self._members) if m.name != member]
+        if len(keep) == len(self._members):
+            raise KeyError(f"trial {member!r} is not in the group {self.members}")
+        self._members = [self._members[i] for i in keep]
+        if not keep:
+            self.stack, self.key = None, None
+            self.optimizer = StackedAdamW(self.optimizer.decays)
+        else:
+            assert self.stack is not None
+            self.stack.keep(keep)
+            self.optimizer.keep(keep)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def step(self) -> list[tuple[str, dict[str, Any]]]:
+        """One optimizer step for every member; the epoch reports of members that finished an
+        epoch (members that finished their last epoch leave the group)."""
+        if self.stack is None:
+            return []
+        stack, members = self.stack, list(self._members)
+        groups = [m.micro_batches(self.train_split) for m in members]
+        rows = [sum(b.real_rows for b in group) for group in groups]
+        losses = torch.zeros(len(members), device=self.device)
+        for k in range(max(len(group) for group in groups)):
+            # A member whose (last, shorter) accumulation group has no k-th batch runs its
+            # first one again, left out of the loss.
+            batches = [group[k] if k < len(group) else group[0] for group in groups]
+            with self._autocast():
+                logits = stack.logits(self._stacked_inputs(batches), train=True)
+            total = torch.zeros((), device=self.device)
+            for i, (member, batch) in enumerate(zip(members, batches, strict=True)):
+                if k < len(groups[i]):
+                    # As engine.run_epoch: the mean over the real rows of the effective batch.
+                    loss = weighted_loss(
+                        logits[i], batch.labels, batch.weights, member.hyper.label_smoothing
+                    ) * (batch.real_rows / rows[i])
+                    losses[i] += loss.detach()
+                    total = total + loss
+            total.backward()
+        clip_per_member(stack.params, [m.hyper.max_grad_norm for m in members])
+        rates = [m.hyper.learning_rate * m.schedule(m.step) for m in members]
+        self.optimizer.step(stack.params, rates)
+        for param in stack.params.values():
+            param.grad = None
+        for member, loss in zip(members, losses, strict=True):
+            member.step += 1
+            member.loss_sum = member.loss_sum + loss
+        return self._end_epochs(members)
+
+    def _end_epochs(self, members: list[_Member]) -> list[tuple[str, dict[str, Any]]]:
+        """Evaluate and report the members whose epoch ended; remove those that are done."""
+        reports = []
+        for member in members:
+            epoch, index = divmod(member.step, member.steps_per_epoch)
+            if index != 0:
+                continue
+            assert self.stack is not None
+            logits_of = self.stack.member_logits(self._members.index(member))
+
+            def member_logits(batch: Batch, logits_of: Any = logits_of) -> torch.Tensor:
+                with self._autocast():
+                    return logits_of(self._inputs(batch))
+
+            hyper = member.hyper
+            scores = evaluate(
+                member_logits,
+                self.eval_split,
+                hyper.eval_batch_size,
+                self.device,
+                hyper.label_smoothing,
+            )
+            train_loss = float(member.loss_sum) / member.steps_per_epoch
+            member.loss_sum = 0.0
+            report = epoch_report(self.setup.metric, scores, epoch, member.epochs, train_loss)
+            reports.append((member.name, report))
+            if epoch >= member.epochs:
+                self.remove(member.name)
+        return reports
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if self.takes_types and batch.token_type_ids is not None:
+            inputs["token_type_ids"] = batch.token_type_ids
+        return inputs
+
+    def _stacked_inputs(self, batches: list[Batch]) -> dict[str, torch.Tensor]:
+        """The members' batches as ``[members, B, L]`` tensors, right-padded to the longest L
+        (padding is masked, so no member's result changes)."""
+        width = max(int(b.input_ids.shape[1]) for b in batches)
+        pad = self.setup.data.pad_token_id
+
+        def stacked(tensors: list[torch.Tensor], fill: int) -> torch.Tensor:
+            return torch.stack(
+                [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors]
+            )
+
+        inputs = {
+            "input_ids": stacked([b.input_ids for b in batches], pad),
+            "attention_mask": stacked([b.attention_mask for b in batches], 0),
+        }
+        types = [b.token_type_ids for b in batches]
+        if self.takes_types and all(t is not None for t in types):
+            inputs["token_type_ids"] = stacked(types, 0)  # type: ignore[arg-type]
+        return inputs
+
+    def peak_memory_per_member(self) -> int | None:
+        """Peak CUDA memory allocated divided by the number of members; None off CUDA."""
+        if self.device.type != "cuda" or not self._members:
+            return None
+        return int(torch.cuda.max_memory_allocated(self.device) // len(self._members))

@@ -1,0 +1,128 @@
+"""The `hpo` command line: bad input ends with exit code 2 and one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import assert_clear_failure
+from typer.testing import CliRunner, Result
+
+from hpo_service.cli import app
+from hpo_service.core.presets import list_presets
+
+runner = CliRunner()
+
+
+def hpo(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def write_definition(
+    directory: Path, sentiment_files: tuple[Path, Path], **parameters: object
+) -> Path:
+    train, dev = sentiment_files
+    document = {
+        "name": "sentiment-cli",
+        "dataset": {"train": str(train), "eval": str(dev)},
+        "parameters": parameters
+        or {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}},
+    }
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_validate_good_definition(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> None:
+    result = hpo("validate", str(write_definition(tmp_path, sentiment_files)))
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+    assert "sentiment-cli" in result.output
+    assert "400 train / 120 eval" in result.output
+
+
+def test_validate_relative_data_paths_are_under_the_definitions_folder(
+    tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    train, dev = sentiment_files
+    (tmp_path / "data").mkdir()
+    for source in (train, dev):
+        (tmp_path / "data" / source.name).write_text(source.read_text())
+    document = {
+        "name": "relative",
+        "dataset": {"train": "data/train.csv", "eval": "data/dev.csv"},
+        "parameters": {"batch_size": {"type": "categorical", "choices": [8, 16]}},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(document))
+    result = hpo("validate", str(tmp_path / "study.yaml"))
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_low_above_high(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> None:
+    path = write_definition(
+        tmp_path, sentiment_files, learning_rate={"type": "float", "low": 1e-3, "high": 1e-5}
+    )
+    assert_clear_failure(hpo("validate", str(path)), "parameters.learning_rate", "0.001")
+
+
+def test_validate_malformed_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [sentiment\ndataset: {train: train.csv\n")
+    assert_clear_failure(hpo("validate", str(path)), "broken.yaml", "YAML")
+
+
+@pytest.mark.parametrize("text", ["- a list\n- not a mapping\n", "just a string\n", ""])
+def test_validate_document_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert_clear_failure(hpo("validate", str(path)), "study.yaml", "mapping")
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    assert_clear_failure(hpo("validate", str(tmp_path / "nosuch.yaml")), "nosuch.yaml")
+
+
+def test_validate_missing_dataset_file(tmp_path: Path) -> None:
+    document = {
+        "name": "no-data",
+        "dataset": {"train": str(tmp_path / "missing.csv")},
+        "parameters": {"batch_size": {"type": "categorical", "choices": [8, 16]}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert_clear_failure(hpo("validate", str(path)), "dataset.train", "missing.csv")
+
+
+def test_validate_unknown_preset(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> None:
+    path = write_definition(tmp_path, sentiment_files)
+    path.write_text(path.read_text() + "preset: nosuch\n")
+    assert_clear_failure(hpo("validate", str(path)), "nosuch", "bert-paper")
+
+
+def test_schema_is_json_with_parameters() -> None:
+    result = hpo("schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert "parameters" in schema["properties"]
+    assert {"name", "dataset"} <= set(schema["required"])
+
+
+def test_presets_lists_every_preset() -> None:
+    result = hpo("presets")
+    assert result.exit_code == 0, result.output
+    names = list_presets()
+    assert names
+    for name in names:
+        assert name in result.output
+
+
+def test_best_of_unknown_study(tmp_path: Path) -> None:
+    result = hpo("best", "nosuch", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    assert_clear_failure(result, "no study named", "nosuch")
+
+
+def test_best_rejects_unknown_format(tmp_path: Path) -> None:
+    result = hpo("best", "s", "--format", "xml", "--database-url", f"sqlite:///{tmp_path}/x.db")
+    assert_clear_failure(result, "xml")

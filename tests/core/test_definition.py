@@ -1,0 +1,390 @@
+"""The study definition: bad documents are refused with a line naming the field and the value;
+good ones get the documented defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hpo_service.core.definition import (
+    KNOBS,
+    Categorical,
+    FloatRange,
+    GridSampler,
+    StudyDefinition,
+    TpeSampler,
+    describe_errors,
+)
+from hpo_service.core.errors import NotFoundError
+from hpo_service.core.presets import list_presets, merge, resolve_definition
+
+# The least a valid definition needs: a name, data, and one searched parameter.
+MINIMAL: dict[str, Any] = {
+    "name": "study-1",
+    "dataset": {"train": "train.csv"},
+    "parameters": {"learning_rate": {"type": "categorical", "choices": [2e-5, 3e-5]}},
+}
+
+
+def definition(**overrides: Any) -> StudyDefinition:
+    return StudyDefinition.model_validate(merge(MINIMAL, overrides))
+
+
+def error_lines(**overrides: Any) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        definition(**overrides)
+    return describe_errors(caught.value)
+
+
+# Each case: the overrides on MINIMAL, then the texts one line of the errors must all show (the
+# field and the value that was wrong).
+BAD_DEFINITIONS = [
+    pytest.param(
+        {"parameters": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-5}}},
+        ("parameters.learning_rate", "low=0.001", "high=1e-05"),
+        id="low-above-high",
+    ),
+    pytest.param(
+        {"parameters": {"batch_size": {"type": "int", "low": 32, "high": 32}}},
+        ("parameters.batch_size", "low=32", "high=32"),
+        id="low-equals-high",
+    ),
+    pytest.param(
+        {"parameters": {"learning_rate": {"type": "float", "low": 0.0, "high": 1e-4, "log": True}}},
+        ("parameters.learning_rate", "low=0.0"),
+        id="log-with-zero-low",
+    ),
+    pytest.param(
+        {"parameters": {"weight_decay": {"type": "float", "low": -0.1, "high": 0.3, "log": True}}},
+        ("parameters.weight_decay", "low=-0.1"),
+        id="log-with-negative-low",
+    ),
+    pytest.param(
+        {
+            "parameters": {
+                "learning_rate": {
+                    "type": "float",
+                    "low": 1e-5,
+                    "high": 1e-3,
+                    "log": True,
+                    "step": 1e-5,
+                }
+            }
+        },
+        ("parameters.learning_rate", "step=1e-05"),
+        id="log-with-step",
+    ),
+    pytest.param(
+        {
+            "parameters": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+            "sampler": {"type": "grid"},
+        },
+        ("learning_rate", "1e-05", "0.001"),
+        id="grid-over-continuous-float",
+    ),
+    pytest.param(
+        {"sampler": {"type": "grid"}, "limits": {"trials": 5}},
+        ("limits.trials", "got 5"),
+        id="grid-with-more-trials-than-points",
+    ),
+    pytest.param(
+        {"objective": {"metric": "auc"}},
+        ("objective.metric", "'auc'"),
+        id="unknown-metric",
+    ),
+    pytest.param(
+        {"objective": {"direction": "up"}},
+        ("objective.direction", "'up'"),
+        id="unknown-direction",
+    ),
+    pytest.param(
+        {"sampler": {"type": "cmaes"}},
+        ("sampler", "'cmaes'"),
+        id="unknown-sampler",
+    ),
+    pytest.param(
+        {"learnin_rate": 3e-5},
+        ("learnin_rate", "3e-05"),
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        {"parameters": {"learnin_rate": 3e-5}},
+        ("parameters.learnin_rate", "3e-05"),
+        id="unknown-parameter",
+    ),
+    pytest.param(
+        {"dataset": {"lable_field": "target"}},
+        ("dataset.lable_field", "'target'"),
+        id="unknown-dataset-key",
+    ),
+    pytest.param(
+        {"limits": {"trials": 0}},
+        ("limits.trials", "got 0"),
+        id="zero-trials",
+    ),
+    pytest.param(
+        {"resources_per_trial": {"gpus": 1.5}},
+        ("resources_per_trial", "gpus", "1.5"),
+        id="gpus-fraction-above-one",
+    ),
+    pytest.param(
+        {"parameters": {"batch_size": 16.5}},
+        ("parameters", "batch_size", "16.5"),
+        id="fixed-int-knob-given-float",
+    ),
+    pytest.param(
+        {"parameters": {"batch_size": {"type": "categorical", "choices": [16, 16.5]}}},
+        ("parameters", "batch_size", "16.5"),
+        id="int-knob-choice-given-float",
+    ),
+    pytest.param(
+        {"parameters": {"lr_scheduler": "bogus"}},
+        ("parameters", "lr_scheduler", "'bogus'"),
+        id="unknown-lr-scheduler",
+    ),
+    pytest.param(
+        {"parameters": {"dropout": 1.0}},
+        ("parameters", "dropout", "1.0"),
+        id="dropout-of-one",
+    ),
+    pytest.param(
+        {"parameters": {"learning_rate": 3e-5}},
+        ("parameters", "searches nothing"),
+        id="nothing-searched",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "median", "grace_period": 5}},
+        ("grace_period", "(5)", "epoch budget (3)"),
+        id="median-grace-past-budget",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "hyperband", "brackets": 0}},
+        ("early_stopping.hyperband.brackets", "0"),
+        id="hyperband-without-brackets",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "pbt"}},
+        ("early_stopping", "'pbt'", "asha", "hyperband", "median"),
+        id="unknown-early-stopping",
+    ),
+    pytest.param({"name": "../x"}, ("name", "'../x'"), id="name-with-parent-dir"),
+    pytest.param({"name": "a/b"}, ("name", "'a/b'"), id="name-with-slash"),
+    pytest.param({"name": ""}, ("name", "''"), id="empty-name"),
+    # Values no database column or JSON document can hold, and text no path can.
+    pytest.param(
+        {
+            "parameters": {
+                "learning_rate": float("nan"),
+                "seed": {"type": "int", "low": 1, "high": 2},
+            }
+        },
+        ("parameters.learning_rate", "finite", "nan"),
+        id="nan-fixed-value",
+    ),
+    pytest.param(
+        {"parameters": {"weight_decay": {"type": "float", "low": 0.0, "high": float("inf")}}},
+        ("parameters.weight_decay.high", "finite", "inf"),
+        id="infinite-range-bound",
+    ),
+    pytest.param(
+        {
+            "parameters": {
+                "learning_rate": {"type": "categorical", "choices": [1e-5, float("-inf")]}
+            }
+        },
+        ("parameters.learning_rate.choices", "finite", "-inf"),
+        id="infinite-choice",
+    ),
+    pytest.param(
+        {"limits": {"time_budget_s": float("inf")}},
+        ("limits.time_budget_s", "finite", "inf"),
+        id="infinite-time-budget",
+    ),
+    pytest.param(
+        {"limits": {"trials": 2**63}},
+        ("limits.trials", "9223372036854775807", str(2**63)),
+        id="trials-past-int64",
+    ),
+    pytest.param(
+        {"sampler": {"type": "random", "seed": -(2**63) - 1}},
+        ("sampler.seed", str(-(2**63) - 1)),
+        id="seed-below-int64",
+    ),
+    pytest.param(
+        {"parameters": {"batch_size": {"type": "categorical", "choices": [8, 2**64]}}},
+        ("parameters.batch_size.choices", str(2**64)),
+        id="choice-past-int64",
+    ),
+    pytest.param(
+        {"dataset": {"train": "train\x00.csv"}},
+        ("dataset.train", "NUL", "'train\\x00.csv'"),
+        id="nul-in-path",
+    ),
+    pytest.param(
+        {"dataset": {"text_fields": ["a", "b\x00"]}},
+        ("dataset.text_fields", "NUL"),
+        id="nul-in-list-of-text",
+    ),
+    pytest.param({"model": {"name": "bert\x00"}}, ("model.name", "NUL"), id="nul-in-model"),
+    pytest.param(
+        {
+            "sampler": {"type": "grid"},
+            "parameters": {"seed": {"type": "int", "low": 0, "high": 2**62}},
+        },
+        ("grid search allows at most", "seed"),
+        id="grid-too-large",
+    ),
+    pytest.param(
+        {
+            "sampler": {"type": "grid"},
+            "parameters": {
+                "weight_decay": {"type": "float", "low": 0.0, "high": 1e300, "step": 1e-300}
+            },
+        },
+        ("grid search allows at most", "weight_decay"),
+        id="grid-step-overflows",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "shown"), BAD_DEFINITIONS)
+def test_bad_definition_names_field_and_value(
+    overrides: dict[str, Any], shown: tuple[str, ...]
+) -> None:
+    lines = error_lines(**overrides)
+    assert any(all(text in line for text in shown) for line in lines), (
+        f"no line shows all of {shown}: {lines}"
+    )
+
+
+@pytest.mark.parametrize("gpus", [0.25, 1, 2])
+def test_gpu_fractions_and_whole_gpus_are_accepted(gpus: float) -> None:
+    assert definition(resources_per_trial={"gpus": gpus}).resources_per_trial.gpus == gpus
+
+
+@pytest.mark.parametrize("name", ["sst2-bert", "run_1.v2", "A"])
+def test_plain_names_are_accepted(name: str) -> None:
+    assert definition(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("accuracy", "maximize"),
+        ("f1", "maximize"),
+        ("matthews_corrcoef", "maximize"),
+        ("eval_loss", "minimize"),
+    ],
+)
+def test_objective_direction_follows_metric(metric: str, mode: str) -> None:
+    assert definition(objective={"metric": metric}).objective.mode == mode
+
+
+def test_explicit_direction_wins() -> None:
+    chosen = definition(objective={"metric": "eval_loss", "direction": "maximize"})
+    assert chosen.objective.mode == "maximize"
+
+
+def test_defaults() -> None:
+    study = definition()
+    assert study.objective.metric == "accuracy"
+    assert study.objective.mode == "maximize"
+    assert isinstance(study.sampler, TpeSampler)
+    assert study.n_trials == 10
+    assert study.limits.concurrent_trials == 1
+    assert study.resources_per_trial.gpus == 0
+    assert study.early_stopping.type == "none"
+
+
+def test_n_trials_given_explicitly() -> None:
+    assert definition(limits={"trials": 3}).n_trials == 3
+
+
+def test_grid_over_int_range_and_float_with_step() -> None:
+    study = definition(
+        parameters={
+            "batch_size": {"type": "int", "low": 8, "high": 32, "step": 8},
+            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.05},
+        },
+        sampler={"type": "grid"},
+    )
+    grid = study.parameters.grid()
+    assert grid["batch_size"] == [8, 16, 24, 32]
+    assert grid["warmup_ratio"] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    assert grid["learning_rate"] == [2e-5, 3e-5]
+    assert isinstance(study.sampler, GridSampler)
+    assert study.grid_size() == 4 * 5 * 2
+    assert study.n_trials == 40  # a grid runs every point unless limits.trials says fewer
+
+
+def test_grid_float_step_that_does_not_divide_the_range_stays_inside_it() -> None:
+    study = definition(
+        parameters={"weight_decay": {"type": "float", "low": 0.0, "high": 0.25, "step": 0.1}},
+        sampler={"type": "grid"},
+    )
+    assert study.parameters.grid()["weight_decay"] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_grid_may_run_fewer_trials_than_points() -> None:
+    assert definition(sampler={"type": "grid"}, limits={"trials": 1}).n_trials == 1
+
+
+def test_searched_and_fixed_values() -> None:
+    parameters = definition(
+        parameters={
+            "batch_size": 32,
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+            "lr_scheduler": "cosine",
+        }
+    ).parameters
+    assert set(parameters.searched()) == {"learning_rate", "dropout"}
+    assert isinstance(parameters.searched()["dropout"], FloatRange)
+    assert isinstance(parameters.searched()["learning_rate"], Categorical)
+
+    fixed = parameters.fixed_values()
+    assert set(fixed) == set(KNOBS) - {"learning_rate", "dropout"}
+    assert fixed["batch_size"] == 32
+    assert fixed["lr_scheduler"] == "cosine"
+    # Knobs left out keep their documented default.
+    assert fixed["num_train_epochs"] == 3
+    assert fixed["weight_decay"] == 0.0
+    assert fixed["seed"] == 42
+
+
+@pytest.mark.parametrize(
+    ("epochs", "expected"),
+    [
+        (None, 3),
+        (5, 5),
+        ({"type": "categorical", "choices": [2, 4, 3]}, 4),
+        ({"type": "int", "low": 1, "high": 6}, 6),
+        # A step that skips `high` can never reach it.
+        ({"type": "int", "low": 2, "high": 7, "step": 2}, 6),
+    ],
+)
+def test_max_epochs(epochs: Any, expected: int) -> None:
+    parameters = {} if epochs is None else {"num_train_epochs": epochs}
+    assert definition(parameters=parameters).parameters.max_epochs() == expected
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(NotFoundError) as caught:
+        resolve_definition({**MINIMAL, "preset": "bert-papr"})
+    message = str(caught.value)
+    assert "bert-papr" in message
+    known = list_presets()
+    assert known, "search_spaces/ holds no presets"
+    for name in known:
+        assert name in message
+
+
+def test_largest_storable_integers_are_accepted() -> None:
+    seeded = definition(sampler={"type": "tpe", "seed": 2**63 - 1}, limits={"trials": 2**63 - 1})
+    assert seeded.sampler.seed == 2**63 - 1 and seeded.n_trials == 2**63 - 1
+
+
+def test_a_huge_int_range_is_fine_outside_a_grid() -> None:
+    spec = definition(parameters={"seed": {"type": "int", "low": 0, "high": 2**62}})
+    assert spec.parameters.searched()["seed"].high == 2**62

@@ -1,0 +1,55 @@
+"""The gate's verdicts on best-config documents, one rule at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hpo_service.core.gate import judge
+
+
+def best(accuracy: float = 0.9, eval_loss: float = 0.3) -> dict[str, Any]:
+    return {
+        "trial": 4,
+        "objective": {"metric": "accuracy", "direction": "maximize", "value": accuracy},
+        "metrics": {
+            "accuracy": accuracy,
+            "f1": 0.8,
+            "matthews_corrcoef": 0.7,
+            "eval_loss": eval_loss,
+        },
+    }
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "failed", "cancelled"])
+def test_only_a_completed_study_can_pass(status: str) -> None:
+    verdict = judge("s", status, best(), minimum=0.1)
+    assert not verdict.passed and f"is {status}, not completed" in verdict.message
+
+
+def test_a_study_without_a_full_budget_trial_fails() -> None:
+    verdict = judge("s", "completed", None, minimum=0.1)
+    assert not verdict.passed and "no trial that finished its full budget" in verdict.message
+
+
+def test_thresholds_on_the_objective_and_on_other_metrics() -> None:
+    assert judge("s", "completed", best(0.9), minimum=0.9).passed
+    assert not judge("s", "completed", best(0.9), minimum=0.91).passed
+    assert judge("s", "completed", best(), metric="eval_loss", maximum=0.3).passed
+    verdict = judge("s", "completed", best(), metric="eval_loss", maximum=0.29)
+    assert not verdict.passed and "eval_loss 0.3000 is above the maximum 0.29" in verdict.message
+    verdict = judge("s", "completed", best(), metric="bleu", minimum=0)
+    assert not verdict.passed and "no metric 'bleu'" in verdict.message
+
+
+def test_a_regression_is_a_drop_for_scores_and_a_rise_for_the_loss() -> None:
+    before = best(accuracy=0.92, eval_loss=0.25)
+    assert not judge("s", "completed", best(0.9), baseline=before, max_drop=0.01).passed
+    assert judge("s", "completed", best(0.9), baseline=before, max_drop=0.02).passed
+    rose = judge(
+        "s", "completed", best(eval_loss=0.3), metric="eval_loss", baseline=before, max_drop=0.01
+    )
+    assert not rose.passed and "regressed from the baseline's 0.2500" in rose.message
+    fell = judge("s", "completed", best(eval_loss=0.2), metric="eval_loss", baseline=before)
+    assert fell.passed and "within 0.0 of the baseline's 0.2500" in fell.message

@@ -1,0 +1,144 @@
+"""The service's tables, on SQLite and PostgreSQL alike: studies, trials, ranking, schema."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Float, inspect, text
+
+from hpo_service.core.definition import METRICS, StudyDefinition
+from hpo_service.core.errors import AlreadyExistsError, NotFoundError, SchemaOutdatedError
+from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.core.settings import normalize_database_url
+from hpo_service.db.migrate import VERSION_TABLE, ensure_schema, head_revision, include_name
+from hpo_service.db.store import Store, make_engine
+from hpo_service.db.tables import Base, EpochRow, TrialRow
+
+
+def definition(name: str = "study", metric: str = "accuracy") -> StudyDefinition:
+    return StudyDefinition.model_validate(
+        {
+            "name": name,
+            "dataset": {"train": "train.csv", "eval": "dev.csv"},
+            "objective": {"metric": metric},
+            "parameters": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+        }
+    )
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    engine = make_engine(normalize_database_url(database_url))
+    ensure_schema(engine)
+    return Store(engine)
+
+
+def add_trial(
+    store: Store, study: str, number: int, state: TrialState, objective: float, epochs: int = 2
+) -> None:
+    store.start_trial(study, number, {"learning_rate": 1e-4 * (number + 1)})
+    for epoch in range(1, epochs + 1):
+        store.record_epoch(
+            study, number, {"epoch": epoch, "objective": objective, "accuracy": objective}
+        )
+    store.finish_trial(study, number, state, "boom" if state == TrialState.FAILED else None)
+
+
+def test_studies_are_stored_once_by_name(store: Store) -> None:
+    document = {"name": "study", "preset": None}
+    record = store.create_study(document, definition())
+    assert record.status == StudyStatus.QUEUED and record.definition == document
+    with pytest.raises(AlreadyExistsError, match="'study' already exists"):
+        store.create_study(document, definition())
+    with pytest.raises(AlreadyExistsError, match="'study' already exists"):
+        store.check_name_free("study")
+    store.check_name_free("other")
+    with pytest.raises(NotFoundError):
+        store.get_study("nope")
+    store.set_status("study", StudyStatus.RUNNING)
+    store.set_status("study", StudyStatus.COMPLETED)
+    record = store.get_study("study")
+    assert record.started_at is not None and record.finished_at >= record.started_at
+    assert store.study_names() == ["study"]
+    assert store.study_names(StudyStatus.RUNNING) == []
+
+
+def test_early_stopped_and_failed_trials_never_rank_best(store: Store) -> None:
+    store.create_study({}, definition())
+    add_trial(store, "study", 0, TrialState.COMPLETE, 0.70)
+    add_trial(store, "study", 1, TrialState.EARLY_STOPPED, 0.95, epochs=1)
+    add_trial(store, "study", 2, TrialState.FAILED, 0.99, epochs=1)
+    add_trial(store, "study", 3, TrialState.COMPLETE, 0.80)
+
+    best = store.best_trial("study")
+    assert best is not None and best.number == 3
+    assert [e.epoch for e in best.learning_curve] == [1, 2]
+    counts = store.get_study("study").trial_counts
+    assert counts[TrialState.COMPLETE] == 2 and counts[TrialState.EARLY_STOPPED] == 1
+
+
+def test_best_follows_the_objective_direction(store: Store) -> None:
+    store.create_study({}, definition(metric="eval_loss"))
+    add_trial(store, "study", 0, TrialState.COMPLETE, 0.40)
+    add_trial(store, "study", 1, TrialState.COMPLETE, 0.30)
+    assert store.best_trial("study").number == 1
+
+
+def test_equal_objectives_rank_the_earlier_trial_best(store: Store) -> None:
+    store.create_study({}, definition())
+    for number in range(3):
+        add_trial(store, "study", number, TrialState.COMPLETE, 0.5 if number else 0.4)
+    assert store.best_trial("study").number == 1
+
+
+def test_every_metric_is_stored_per_epoch_and_per_trial(store: Store) -> None:
+    """One column and one record field per entry of METRICS, in trials and in epochs."""
+    for row, others in ((TrialRow, {"objective"}), (EpochRow, {"objective", "train_loss"})):
+        scores = {c.name for c in row.__table__.columns if isinstance(c.type, Float)}
+        assert scores - others == set(METRICS), row.__tablename__
+    store.create_study({}, definition())
+    store.start_trial("study", 0, {})
+    values = {metric: 0.1 * (i + 1) for i, metric in enumerate(METRICS)}
+    store.record_epoch("study", 0, {"epoch": 1, "objective": 0.1, **values})
+    (trial,) = store.trials("study", with_curves=True)
+    assert trial.metrics == values
+    assert {m: getattr(trial.learning_curve[0], m) for m in METRICS} == values
+
+
+def test_deleting_a_study_deletes_its_trials(store: Store) -> None:
+    store.create_study({}, definition())
+    add_trial(store, "study", 0, TrialState.COMPLETE, 0.5)
+    store.delete_study("study")
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM hpo_trials")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM hpo_trial_epochs")).scalar() == 0
+
+
+def test_our_tables_live_beside_optunas(database_url: str) -> None:
+    url = normalize_database_url(database_url)
+    optuna.create_study(study_name="theirs", storage=url)  # Optuna's tables first
+    engine = make_engine(url)
+    ensure_schema(engine)
+
+    tables = set(inspect(engine).get_table_names())
+    assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's
+    assert {"hpo_studies", "hpo_trials", "hpo_trial_epochs", VERSION_TABLE} <= tables
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={"include_name": include_name, "version_table": VERSION_TABLE},
+        )
+        assert compare_metadata(context, Base.metadata) == []  # migration == models
+    assert optuna.load_study(study_name="theirs", storage=url).study_name == "theirs"
+
+
+def test_a_database_on_another_schema_revision_is_refused(database_url: str) -> None:
+    engine = make_engine(normalize_database_url(database_url))
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0000'"))
+    with pytest.raises(SchemaOutdatedError, match="hpo db upgrade"):
+        ensure_schema(engine)
+    assert head_revision(engine) != "0000"

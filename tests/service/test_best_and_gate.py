@@ -1,0 +1,177 @@
+"""Best configurations into CI: the versioned document in every format, and `hpo gate` against
+the database and against a running service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import tiny_study
+from servers import Service
+from transformers import TrainingArguments
+from typer.testing import CliRunner
+
+from hpo_service.cli import app
+from hpo_service.core.presets import resolve_definition
+from hpo_service.core.settings import Settings
+from hpo_service.db.store import Store
+from hpo_service.driver.runner import run_study
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished(
+    ray_runtime: None,
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, Path]:
+    """A database holding a completed study `tuned` (2 trials) and a queued one `waiting`."""
+    folder = tmp_path_factory.mktemp("best")
+    url = f"sqlite:///{folder / 'hpo.db'}"
+    document = tiny_study(
+        "tuned",
+        tiny_models["bert"],
+        sentiment_files,
+        parameters={
+            "learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3]},
+            "dropout": 0.15,
+            "warmup_ratio": 0.1,
+        },
+        sampler={"type": "grid"},
+        limits={"trials": None},
+    )
+    run_study(
+        document, resolve_definition(document), Settings(database_url=url, work_dir=folder / "work")
+    )
+    waiting = tiny_study("waiting", tiny_models["bert"], sentiment_files)
+    Store.open(Settings(database_url=url).database_url).create_study(
+        waiting, resolve_definition(waiting)
+    )
+    return url, folder
+
+
+def hpo(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_the_best_config_document(finished: tuple[str, Path], sentiment_files: tuple) -> None:
+    url, _ = finished
+    code, output = hpo("best", "tuned", "--database-url", url)
+    assert code == 0, output
+    document = json.loads(output)
+    assert document["schema"] == "hpo-service/best-config/v1"
+    assert document["study"] == "tuned" and document["status"] == "completed"
+    assert document["objective"]["metric"] == "accuracy"
+    assert document["objective"]["value"] == document["metrics"]["accuracy"]
+    assert set(document["metrics"]) == {"accuracy", "f1", "matthews_corrcoef", "eval_loss"}
+    assert document["parameters"]["learning_rate"] in (1e-3, 3e-3)
+    assert document["parameters"]["dropout"] == 0.15
+    assert document["model"]["type"] == "bert"
+    assert document["model"]["config_overrides"] == {
+        "hidden_dropout_prob": 0.15,
+        "attention_probs_dropout_prob": 0.15,
+    }
+    train, dev = sentiment_files
+    digest = hashlib.sha256()
+    for path in (train, dev):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert document["dataset"]["fingerprint"] == f"sha256:{digest.hexdigest()}"
+    for package in ("torch", "transformers", "optuna", "ray"):
+        assert document["versions"][package] == version(package)
+    assert document["finished_at"]
+
+    code, as_yaml = hpo("best", "tuned", "--format", "yaml", "--database-url", url)
+    assert code == 0 and yaml.safe_load(as_yaml) == document
+
+
+def test_training_args_feed_transformers_directly(finished: tuple[str, Path]) -> None:
+    url, folder = finished
+    code, output = hpo("best", "tuned", "--format", "training-args", "--database-url", url)
+    assert code == 0, output
+    (folder / "training-args.json").write_text(output)
+    with (folder / "training-args.json").open() as f:
+        arguments = TrainingArguments(**json.load(f))
+    best = json.loads(hpo("best", "tuned", "--database-url", url)[1])
+    assert arguments.learning_rate == best["parameters"]["learning_rate"]
+    assert arguments.per_device_train_batch_size == best["parameters"]["batch_size"]
+    assert arguments.num_train_epochs == best["parameters"]["num_train_epochs"]
+    assert arguments.warmup_steps == 0.1 and arguments.seed == 42
+
+
+def test_env_lines_for_a_ci_environment_file(finished: tuple[str, Path]) -> None:
+    url, _ = finished
+    code, output = hpo("best", "tuned", "--format", "env", "--database-url", url)
+    assert code == 0, output
+    variables = dict(line.split("=", 1) for line in output.strip().splitlines())
+    best = json.loads(hpo("best", "tuned", "--database-url", url)[1])
+    assert variables["HPO_STUDY"] == "tuned"
+    assert int(variables["HPO_TRIAL"]) == best["trial"]
+    assert float(variables["HPO_PARAM_LEARNING_RATE"]) == best["parameters"]["learning_rate"]
+    assert float(variables["HPO_METRIC_ACCURACY"]) == best["metrics"]["accuracy"]
+    assert variables["HPO_DATASET_FINGERPRINT"].startswith("sha256:")
+
+
+def test_an_unknown_format_is_a_clear_error(finished: tuple[str, Path]) -> None:
+    code, output = hpo("best", "tuned", "--format", "xml", "--database-url", finished[0])
+    assert code == 2 and "training-args" in output and "Traceback" not in output
+
+
+def gate(url: str, *args: str) -> tuple[int, str]:
+    return hpo("gate", *args, "--database-url", url)
+
+
+def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> None:
+    url, _ = finished
+    accuracy = json.loads(hpo("best", "tuned", "--database-url", url)[1])["metrics"]["accuracy"]
+    code, output = gate(url, "tuned", "--min", str(accuracy - 0.01))
+    assert code == 0 and "passes" in output
+    code, output = gate(url, "tuned", "--min", str(accuracy + 0.01))
+    assert code == 1 and "below the minimum" in output and len(output.strip().splitlines()) == 1
+    code, output = gate(url, "tuned", "--metric", "eval_loss", "--max", "0.0001")
+    assert code == 1 and "above the maximum" in output
+
+
+def test_the_gate_fails_on_a_regression_from_a_baseline(finished: tuple[str, Path]) -> None:
+    url, folder = finished
+    best = json.loads(hpo("best", "tuned", "--database-url", url)[1])
+    baseline = folder / "baseline.json"
+    better = {
+        **best,
+        "metrics": {**best["metrics"], "accuracy": best["metrics"]["accuracy"] + 0.05},
+    }
+    baseline.write_text(json.dumps(better))
+    code, output = gate(url, "tuned", "--baseline", str(baseline), "--max-drop", "0.01")
+    assert code == 1 and "regressed" in output
+    code, output = gate(url, "tuned", "--baseline", str(baseline), "--max-drop", "0.06")
+    assert code == 0, output
+    baseline.write_text(json.dumps(best))  # the same as now: no drop
+    assert gate(url, "tuned", "--baseline", str(baseline))[0] == 0
+
+
+def test_the_gate_fails_on_an_unfinished_or_missing_study(finished: tuple[str, Path]) -> None:
+    url, _ = finished
+    code, output = gate(url, "waiting", "--min", "0")
+    assert code == 1 and "queued, not completed" in output
+    code, output = gate(url, "nosuch", "--min", "0")
+    assert code == 2 and "no study named" in output
+
+
+def test_the_gate_against_a_running_service(
+    finished: tuple[str, Path], sentiment_files: tuple[Path, Path]
+) -> None:
+    url, folder = finished
+    # The service may start `waiting`; the gate only reads.
+    with Service(url, folder / "served", [sentiment_files[0].parent]) as service:
+        code, output = hpo("gate", "tuned", "--min", "0", "--server", service.url)
+        assert code == 0, output
+        code, output = hpo("gate", "tuned", "--min", "1.01", "--server", service.url)
+        assert code == 1 and "below the minimum" in output
+        code, output = hpo("best", "tuned", "--format", "training-args", "--server", service.url)
+        assert code == 0 and TrainingArguments(**json.loads(output)).seed == 42

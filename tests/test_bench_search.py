@@ -1,0 +1,74 @@
+"""The search-efficiency benchmark, tiny: a 2-layer BERT, two trials per method, one seed.
+
+Random and TPE differ from the grid only in the service's sampler, so the grid, TPE + ASHA and
+hyperparameter_search stand for all five methods here (to keep the test short).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "search_efficiency.py"
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("search_efficiency", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_method_gets_the_same_budget_and_is_read_back(
+    shared_data: Path, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    bench = load_bench()
+    methods = ["grid", "tpe-asha", "hf-optuna"]
+    argv = ["--tasks", "SST-2", "--methods", ",".join(methods), "--trials", "2", "--seeds", "0"]
+    argv += ["--startup", "1"]
+    argv += ["--train-samples", "16", "--eval-samples", "16", "--max-seq-length", "16"]
+    argv += [
+        "--model",
+        str(tiny_models["bert"]),
+        "--data",
+        str(shared_data),
+        "--out",
+        str(tmp_path),
+    ]
+    assert bench.main(argv) == 0
+
+    result = json.loads((tmp_path / "search_efficiency.json").read_text())
+    runs = result["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(methods)
+    for run in runs:
+        assert len(run["trials"]) == 2, run  # the same budget for every method
+        for trial in run["trials"]:
+            planned = int(trial["params"]["num_train_epochs"])
+            assert 1 <= trial["epochs"] <= planned, (run["method"], trial)
+            assert trial["epochs"] == planned or trial["stopped_early"], (run["method"], trial)
+            assert trial["seconds"] > 0 and 0 <= trial["score"] <= 100
+    grid = next(r for r in runs if r["method"] == "grid")["trials"]
+    assert grid[0]["params"] != grid[1]["params"]  # a subset of the grid, no point twice
+
+    sst2 = result["summary"]["SST-2"]
+    best = max(t["score"] for r in runs for t in r["trials"])
+    assert math.isclose(sst2["best"], best) and math.isclose(sst2["target"], best - 0.5)
+    # The method that found the best score reached the target, within its own compute.
+    winner = next(r for r in runs if any(t["score"] == best for t in r["trials"]))
+    entry = sst2["methods"][winner["method"]]
+    assert entry["epochs_to_target"] is not None
+    assert entry["epochs_to_target"] <= sum(t["epochs"] for t in winner["trials"])
+    assert set(result["targets"]["SST-2"]) >= {"epochs_vs_grid", "seconds_vs_hf_optuna"}
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "search-sst-2-epochs.png").stat().st_size > 0
+    assert (tmp_path / "search-sst-2-seconds.png").stat().st_size > 0

@@ -1,0 +1,230 @@
+"""Fused trials: each member of a stacked group trains as it would alone through engine.train.
+
+Tolerance: a member's eval and train losses match its run alone to 1e-5 relative, its
+accuracy, F1 and MCC exactly. The stacked model computes the same sums as the single one but
+through batched (vmap) kernels, and per-member gradient norms sum in another order, so results
+differ in the last float bits (observed: about 1e-7 relative). 1e-5 still catches small slips:
+weight decay on biases and norms moves the eval loss of these runs by more than that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.func import stack_module_state
+
+from hpo_service.core.definition import DatasetSpec, ModelSpec
+from hpo_service.data import load_labelled_data
+from hpo_service.training import engine
+from hpo_service.training.fused import FusedTrainer, fusion_key
+from hpo_service.training.modeling import tokenize
+from hpo_service.training.stacked import StackedAdamW, clip_per_member
+from hpo_service.training.trainable import TrialSetup
+
+CPU = torch.device("cpu")
+EXACT = ("accuracy", "f1", "matthews_corrcoef", "epoch", "epochs_planned")
+BASE = {"batch_size": 16, "num_train_epochs": 2, "dropout": 0.0}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "a": {**BASE, "learning_rate": 1e-2, "seed": 1, "lr_scheduler": "linear"},
+    "b": {
+        **BASE,
+        "learning_rate": 3e-3,
+        "weight_decay": 0.1,
+        "seed": 2,
+        "warmup_ratio": 0.2,
+        "lr_scheduler": "cosine",
+        "label_smoothing": 0.1,
+    },
+    "c": {
+        **BASE,
+        "learning_rate": 5e-3,
+        "weight_decay": 0.01,
+        "seed": 3,
+        "warmup_ratio": 0.1,
+        "lr_scheduler": "constant_with_warmup",
+        "max_grad_norm": 0.1,
+        "num_train_epochs": 3,
+    },
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One CPU thread: these tiny models gain nothing from more, and a shared machine loses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models: dict[str, Path], sentiment_files: tuple[Path, Path]) -> TrialSetup:
+    train, dev = sentiment_files
+    spec = DatasetSpec(train=str(train), eval=str(dev), max_train_samples=80, max_eval_samples=40)
+    model = ModelSpec(name=str(tiny_models["bert"]))
+    return TrialSetup(model, "accuracy", tokenize(model, load_labelled_data(spec), 32))
+
+
+@pytest.fixture(scope="module")
+def alone(setup: TrialSetup) -> Any:
+    """``alone(config)``: the reports of ``config`` trained by itself through engine.train."""
+    cache: dict[str, list[dict[str, Any]]] = {}
+
+    def run(config: dict[str, Any]) -> list[dict[str, Any]]:
+        key = repr(sorted(config.items()))
+        if key not in cache:
+            cache[key] = []
+            engine.train(setup, config, cache[key].append, CPU)
+        return cache[key]
+
+    return run
+
+
+def run_group(
+    trainer: FusedTrainer,
+    start: dict[str, dict[str, Any]],
+    join: dict[int, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Step ``trainer`` until it is empty: ``start`` members first, ``join[n]`` added before
+    step ``n`` (from 0). Returns each member's reports."""
+    reports: dict[str, list[dict[str, Any]]] = {}
+    for name, config in start.items():
+        trainer.add(name, config)
+    step = 0
+    while trainer.members or (join and max(join) >= step):
+        for name, config in (join or {}).get(step, {}).items():
+            trainer.add(name, config)
+        for name, report in trainer.step():
+            reports.setdefault(name, []).append(report)
+        step += 1
+    return reports
+
+
+def assert_same_run(fused: list[dict[str, Any]], alone: list[dict[str, Any]]) -> None:
+    assert len(fused) == len(alone)
+    for mine, theirs in zip(fused, alone, strict=True):
+        assert {k: mine[k] for k in EXACT} == {k: theirs[k] for k in EXACT}
+        assert mine["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=1e-5)
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
+        assert mine["objective"] == theirs["objective"]
+
+
+def test_each_fused_member_matches_its_run_alone(setup: TrialSetup, alone: Any) -> None:
+    reports = run_group(FusedTrainer(setup, CPU), CONFIGS)
+    for name, config in CONFIGS.items():
+        assert_same_run(reports[name], alone(config))
+    # Different knobs gave different runs: the match is not one run compared three times.
+    assert len({r[-1]["eval_loss"] for r in reports.values()}) == 3
+
+
+def test_dropout_is_per_member(setup: TrialSetup, alone: Any) -> None:
+    quiet = CONFIGS["a"]
+    noisy = {**quiet, "dropout": 0.3}
+    group = {"quiet": quiet, "noisy": noisy, "noisier": {**noisy, "seed": 5}}
+    reports = run_group(FusedTrainer(setup, CPU), group)
+    # Its neighbours' dropout draws random numbers in the same step, yet "quiet" is unchanged.
+    assert_same_run(reports["quiet"], alone(quiet))
+    # Dropout masks come from another random stream than alone: equal only in distribution.
+    for mine, theirs in zip(reports["noisy"], alone(noisy), strict=True):
+        assert mine["train_loss"] != reports["quiet"][mine["epoch"] - 1]["train_loss"]
+        assert math.isfinite(mine["eval_loss"])
+        assert mine["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=0.05)
+
+
+def test_removed_member_leaves_the_others_unchanged_and_frees_its_tensors(
+    setup: TrialSetup, alone: Any
+) -> None:
+    trainer = FusedTrainer(setup, CPU)
+    for name, config in CONFIGS.items():
+        trainer.add(name, config)
+    trainer.step()
+    assert trainer.stack is not None
+    per_member = sum(p[0].numel() for p in trainer.stack.params.values())
+    trainer.remove("b")
+    assert trainer.members == ["a", "c"]
+    assert sum(p.numel() for p in trainer.stack.params.values()) == 2 * per_member
+    assert sum(s.numel() for s in trainer.optimizer.exp_avg.values()) == 2 * per_member
+    reports: dict[str, list[dict[str, Any]]] = {}
+    while trainer.members:
+        for name, report in trainer.step():
+            reports.setdefault(name, []).append(report)
+    assert_same_run(reports["a"], alone(CONFIGS["a"]))
+    assert_same_run(reports["c"], alone(CONFIGS["c"]))
+    assert trainer.stack is None  # everyone done: nothing kept
+
+
+def test_member_joining_a_running_group_matches_its_run_alone(
+    setup: TrialSetup, alone: Any
+) -> None:
+    # 80 rows in batches of 16 with accumulation 2: 5 batches, 3 steps per epoch, the last
+    # one shorter; the joiner's short steps fall on the others' full ones.
+    first = {**CONFIGS["a"], "gradient_accumulation_steps": 2}
+    late = {**CONFIGS["b"], "gradient_accumulation_steps": 2}
+    reports = run_group(FusedTrainer(setup, CPU), {"first": first}, join={2: {"late": late}})
+    assert_same_run(reports["first"], alone(first))
+    assert_same_run(reports["late"], alone(late))
+
+
+def test_member_with_fewer_epochs_leaves_after_its_last_report(setup: TrialSetup) -> None:
+    trainer = FusedTrainer(setup, CPU)
+    trainer.add("short", {**CONFIGS["a"], "num_train_epochs": 1})
+    trainer.add("long", CONFIGS["a"])
+    while "short" in trainer.members:
+        reports = dict(trainer.step())
+    assert reports["short"]["epoch"] == reports["short"]["epochs_planned"] == 1
+    assert reports["long"]["epoch"] == 1
+    assert trainer.members == ["long"]
+
+
+def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup) -> None:
+    assert fusion_key({"batch_size": 16}) == fusion_key({"batch_size": 16, "seed": 7})
+    assert fusion_key({"batch_size": 16}) != fusion_key({"batch_size": 32})
+    trainer = FusedTrainer(setup, CPU)
+    trainer.add("a", CONFIGS["a"])
+    with pytest.raises(ValueError, match=r"'b'.*\(32, 1\).*\(16, 1\)"):
+        trainer.add("b", {**CONFIGS["b"], "batch_size": 32})
+    assert trainer.members == ["a"]
+
+
+def test_stacked_adamw_matches_torch_adamw_per_member() -> None:
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)) for _ in range(3)]
+    hyper = [(1e-2, 0.1, 1e-8, 1.0), (3e-3, 0.0, 1e-6, 0.0), (5e-2, 0.3, 1e-8, 0.05)]
+    params, _ = stack_module_state(models)  # type: ignore[arg-type]
+    stacked = StackedAdamW(lambda name: not engine.no_decay(name))
+    for i, (_, decay, eps, _) in enumerate(hyper):
+        stacked.add_member({k: v[: i + 1] for k, v in params.items()}, decay, eps)
+    singles = [
+        engine.make_optimizer(
+            model,
+            engine.TrialHyper.from_config(
+                {"learning_rate": lr, "weight_decay": decay, "adam_epsilon": eps}
+            ),
+            CPU,
+        )
+        for model, (lr, decay, eps, _) in zip(models, hyper, strict=True)
+    ]
+    for step in range(4):
+        factor = 1 - step / 4  # a decaying schedule
+        grads = {k: torch.randn_like(v) for k, v in params.items()}
+        for name, param in params.items():
+            param.grad = grads[name].clone()
+        clip_per_member(params, [h[3] for h in hyper])
+        stacked.step(params, [h[0] * factor for h in hyper])
+        for i, (model, optimizer) in enumerate(zip(models, singles, strict=True)):
+            for name, param in model.named_parameters():
+                param.grad = grads[name][i].clone()
+            if hyper[i][3] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hyper[i][3])
+            for group in optimizer.param_groups:
+                group["lr"] = hyper[i][0] * factor
+            optimizer.step()
+    for i, model in enumerate(models):
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(params[name][i], param, rtol=1e-6, atol=1e-7)
