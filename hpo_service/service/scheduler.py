@@ -78,7 +78,9 @@ class Scheduler:
         assert self.launcher is not None, "start() first"
         self._reap()
         free = self.settings.max_running_studies - len(self.drivers)
-        for name in self.store.study_names(StudyStatus.QUEUED)[: max(free, 0)]:
+        # a launched study stays queued until its driver starts it: never launch it twice
+        waiting = [n for n in self.store.study_names(StudyStatus.QUEUED) if n not in self.drivers]
+        for name in waiting[: max(free, 0)]:
             self.drivers[name] = self.launcher.launch(name)
             logger.info("study %s: driver started", name)
 

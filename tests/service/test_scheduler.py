@@ -106,6 +106,19 @@ def test_queued_studies_get_drivers_in_order_up_to_the_limit(store: Store, sqlit
     assert store.get_study("first").status == StudyStatus.COMPLETED
 
 
+def test_a_study_whose_driver_has_not_started_it_yet_gets_no_second_driver(
+    store: Store, sqlite_url: str
+) -> None:
+    submit(store, "first", "second")
+    service, launcher = scheduler(store, sqlite_url, max_running=3)
+    for _ in range(3):  # the drivers are still importing: their studies are still queued
+        service.tick()
+    assert launcher.names() == ["first", "second"]
+    submit(store, "third")
+    service.tick()
+    assert launcher.names() == ["first", "second", "third"]
+
+
 def test_a_crashed_driver_is_resumed_then_the_study_fails_with_its_last_output(
     store: Store, sqlite_url: str
 ) -> None:
