@@ -45,6 +45,7 @@ def postgres_database() -> Iterator[str]:
 def fresh_database(backend: str, folder: Path) -> Iterator[str]:
     """The URL of an empty database of ``backend`` ("sqlite" or "postgresql")."""
     if backend == "sqlite":
+        folder.mkdir(parents=True, exist_ok=True)
         yield f"sqlite:///{folder / 'hpo.db'}"
     else:
         with postgres_database() as url:

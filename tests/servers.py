@@ -38,15 +38,15 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.work_dir = work_dir
         self.log_path = work_dir / f"server-{self.port}.log"
-        self.env = dict(
-            os.environ,
-            HPO_DATABASE_URL=database_url,
-            HPO_WORK_DIR=str(work_dir),
-            HPO_DATA_ROOTS=os.pathsep.join(str(p) for p in data_roots),
-            HPO_PORT=str(self.port),
-            HPO_SCHEDULER_INTERVAL_S="0.5",
-            **env,
-        )
+        self.env = {
+            **os.environ,
+            "HPO_DATABASE_URL": database_url,
+            "HPO_WORK_DIR": str(work_dir),
+            "HPO_DATA_ROOTS": os.pathsep.join(str(p) for p in data_roots),
+            "HPO_PORT": str(self.port),
+            "HPO_SCHEDULER_INTERVAL_S": "0.5",
+            **env,  # the caller's settings win
+        }
         self.process: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
