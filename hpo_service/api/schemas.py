@@ -19,7 +19,9 @@ class Objective(BaseModel):
 
 class Progress(BaseModel):
     finished: int = Field(description="Trials complete, early-stopped or failed.")
-    total: int = Field(description="Trials the study runs.")
+    total: int = Field(
+        description="Trials the study runs: `limits.trials`, plus the confirmation runs."
+    )
     fraction: float
 
 
@@ -91,6 +93,11 @@ class TrialSummary(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     error: str | None
+    confirms: int | None = Field(
+        default=None,
+        description="A confirmation run: the search trial whose configuration it runs again "
+        "with a fresh seed.",
+    )
 
     @classmethod
     def of(cls, trial: TrialRecord) -> TrialSummary:
@@ -105,6 +112,7 @@ class TrialSummary(BaseModel):
             finished_at=trial.finished_at,
             duration_s=trial.duration_s,
             error=trial.error,
+            confirms=trial.confirms,
         )
 
 

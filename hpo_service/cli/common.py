@@ -125,12 +125,15 @@ def client_for(server: str | None, token: str | None) -> ServiceClient:
 
 
 def print_trials(title: str, metric: str, definition: dict[str, Any], trials: list[Any]) -> None:
-    """A table of trials: the store's records or the API's, which share these field names."""
+    """A table of trials: the store's records or the API's, which share these field names. A
+    confirmation run shows the trial it repeats and its seed."""
     searched = searched_parameters(definition)
     columns = ("trial", "state", metric, "epochs", "seconds", *searched)
     rows = [
         (
-            str(trial.number),
+            str(trial.number)
+            if trial.confirms is None
+            else f"{trial.number} (confirms {trial.confirms}, seed {trial.params.get('seed')})",
             trial.state.value,
             format_number(trial.objective, ".4f"),
             str(trial.epochs),

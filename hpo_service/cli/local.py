@@ -110,7 +110,8 @@ def best(
     server: ServerOrDatabase = None,
     token: ApiToken = None,
 ) -> None:
-    """Print the best configuration of a study (the best trial that ran its full budget)."""
+    """Print the best configuration of a study: the best trial that ran its full budget, or,
+    after a confirmation stage, the best mean over its fresh seeds."""
     from hpo_service.service.best import FORMATS, best_config, render
 
     if format not in FORMATS:
@@ -140,21 +141,45 @@ def gate(
         Path | None, typer.Option(help="A previous best-config JSON to compare with.")
     ] = None,
     max_drop: Annotated[
-        float, typer.Option(help="How much worse than --baseline still passes.")
+        float,
+        typer.Option(
+            help="How much worse than --baseline still passes, on top of the noise both "
+            "documents' confirmation seeds show."
+        ),
     ] = 0.0,
+    on: Annotated[
+        str,
+        typer.Option(
+            "--on",
+            help="With a confirmation stage, what --min/--max judge: the mean over seeds, "
+            "`mean-std` (one standard deviation towards worse) or the `worst` seed.",
+        ),
+    ] = "mean",
     database_url: DatabaseUrl = None,
     server: ServerOrDatabase = None,
     token: ApiToken = None,
 ) -> None:
     """Pass (exit 0) or fail (exit 1) a CI pipeline on a study's best configuration."""
-    from hpo_service.core.gate import judge
+    from hpo_service.core.gate import STATISTICS, judge
 
+    if on not in STATISTICS:
+        raise HpoError(f"--on must be one of {', '.join(STATISTICS)}, not {on!r}")
     before = json.loads(baseline.read_text()) if baseline is not None else None
     if server and not database_url:
         status, best_document = _status_and_best_from_server(study, server, token)
     else:
         status, best_document = _status_and_best_from_database(study, database_url)
-    verdict = judge(study, status, best_document, metric, minimum, maximum, before, max_drop)
+    verdict = judge(
+        study,
+        status,
+        best_document,
+        metric,
+        minimum,
+        maximum,
+        before,
+        max_drop,
+        on,  # type: ignore[arg-type]
+    )
     (out if verdict.passed else err).print(verdict.message, highlight=False, markup=False)
     raise typer.Exit(0 if verdict.passed else 1)
 

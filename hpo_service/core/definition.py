@@ -525,6 +525,18 @@ class WarmStart(_Spec):
     )
 
 
+class Confirm(_Spec):
+    """After the search, run the best configurations again with fresh seeds and pick the best by
+    its mean over those seeds, not by one lucky run."""
+
+    top_k: int = Field(
+        default=3, ge=1, le=20, description="Configurations to confirm: the search's best k."
+    )
+    seeds: int = Field(
+        default=3, ge=2, le=10, description="Runs of each, with seeds none of the search used."
+    )
+
+
 MAX_FUSED_TRIALS = 64
 MAX_ENQUEUED = 100
 DEFAULT_TRIALS = 10
@@ -552,6 +564,11 @@ class StudyDefinition(_Spec):
         "searched parameter one leaves out is sampled. Each counts towards `limits.trials`.",
     )
     warm_start: WarmStart | None = None
+    confirm: Confirm | None = Field(
+        default=None,
+        description="A confirmation stage after the search; its runs come on top of "
+        "`limits.trials`.",
+    )
 
     @model_validator(mode="after")
     def _check_search(self) -> StudyDefinition:
@@ -600,6 +617,13 @@ class StudyDefinition(_Spec):
 
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.parameters.grid().values())
+
+    @property
+    def planned_trials(self) -> int:
+        """The search's trials and, with a confirmation stage, its runs (at most: fewer when
+        the search has fewer distinct complete configurations than ``confirm.top_k``)."""
+        runs = self.confirm.top_k * self.confirm.seeds if self.confirm else 0
+        return self.n_trials + runs
 
     @property
     def n_trials(self) -> int:

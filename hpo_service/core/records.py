@@ -89,6 +89,8 @@ class TrialRecord(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     error: str | None
+    # A confirmation run (see `confirm`): the search trial whose configuration it runs again.
+    confirms: int | None = None
     learning_curve: list[EpochRecord] = []
 
     @property

@@ -24,6 +24,9 @@ INTERRUPTED = "interrupted: the study's driver stopped before this trial finishe
 CHECKPOINT_ATTR = "hpo:checkpoint"
 RESUMES_ATTR = "hpo:resumes_trial"
 INTERRUPTED_ATTR = "hpo:interrupted"
+# A confirmation run: the search trial whose configuration it repeats, and its seed.
+CONFIRMS_ATTR = "hpo:confirms"
+SEED_ATTR = "hpo:seed"
 
 _OURS_FROM_OPTUNA = {
     OptunaState.COMPLETE: TrialState.COMPLETE,
@@ -95,13 +98,15 @@ def _interrupt(
 ) -> None:
     # In this order, a crash part-way through runs the trial twice at worst, never zero times.
     attrs: dict[str, Any] = {RESUMES_ATTR: theirs.number}
-    if CHECKPOINT_ATTR in theirs.user_attrs:
-        attrs[CHECKPOINT_ATTR] = theirs.user_attrs[CHECKPOINT_ATTR]
+    for carried in (CHECKPOINT_ATTR, CONFIRMS_ATTR, SEED_ATTR):  # a confirmation run stays one
+        if carried in theirs.user_attrs:
+            attrs[carried] = theirs.user_attrs[carried]
     optuna_study.enqueue_trial(dict(theirs.params), user_attrs=attrs, skip_if_exists=False)
     storage.set_trial_user_attr(theirs._trial_id, INTERRUPTED_ATTR, True)
     storage.set_trial_state_values(theirs._trial_id, OptunaState.FAIL)
     if mine is None:  # asked, but cut off before our tables recorded it
-        store.start_trial(study, theirs.number, dict(theirs.params))
+        confirms = theirs.user_attrs.get(CONFIRMS_ATTR)
+        store.start_trial(study, theirs.number, dict(theirs.params), confirms=confirms)
     store.finish_trial(study, theirs.number, TrialState.INTERRUPTED, INTERRUPTED)
 
 

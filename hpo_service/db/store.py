@@ -97,7 +97,7 @@ class Store:
             resolved_definition=definition.model_dump(mode="json"),
             objective_metric=definition.objective.metric,
             direction=definition.objective.mode,
-            n_trials=definition.n_trials,
+            n_trials=definition.planned_trials,  # the search and its confirmation runs
         )
         try:
             with self._session() as session:
@@ -212,12 +212,20 @@ class Store:
 
     # --- trials ----------------------------------------------------------------------------------
 
-    def start_trial(self, study: str, number: int, params: dict[str, Any]) -> None:
+    def start_trial(
+        self, study: str, number: int, params: dict[str, Any], confirms: int | None = None
+    ) -> None:
+        """Record a trial as running; ``confirms``: the search trial a confirmation run
+        repeats."""
         with self._session() as session:
             study_row = self._study_row(session, study)
             session.add(
                 TrialRow(
-                    study_id=study_row.id, number=number, state=TrialState.RUNNING, params=params
+                    study_id=study_row.id,
+                    number=number,
+                    state=TrialState.RUNNING,
+                    params=params,
+                    confirms=confirms,
                 )
             )
 
@@ -284,9 +292,17 @@ class Store:
                 session.merge(EpochRow(trial_id=target_row.id, **values, **scores))
 
     def finished_trial_count(self, study: str) -> int:
-        """Trials that count towards ``limits.trials``: complete, early-stopped or failed."""
-        counts = self.get_study(study).trial_counts
-        return sum(n for state, n in counts.items() if state.is_finished)
+        """Trials that count towards ``limits.trials``: the search's (not the confirmation
+        runs) that are complete, early-stopped or failed."""
+        finished = [state for state in TrialState if state.is_finished]
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            query = select(func.count()).where(
+                TrialRow.study_id == study_row.id,
+                TrialRow.confirms.is_(None),
+                TrialRow.state.in_(finished),
+            )
+            return session.scalar(query) or 0
 
     def trials(self, study: str, with_curves: bool = False) -> list[TrialRecord]:
         """The study's trials by number, with their learning curves if asked."""
@@ -324,7 +340,8 @@ class Store:
             return _trial_record(row, with_curve=True)
 
     def best_trial(self, study: str) -> TrialRecord | None:
-        """The best trial that ran its whole budget; early-stopped trials never rank."""
+        """The search's best trial that ran its whole budget; early-stopped trials and
+        confirmation runs never rank."""
         with self._session() as session:
             row = self._study_row(session, study)
             best = session.scalars(
@@ -405,8 +422,8 @@ def _trial_counts(session: Session, study_ids: Iterable[int]) -> dict[int, dict[
 
 
 def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
-    """The best trial of each study that has one: complete, with an objective, best in the
-    study's direction, the lowest number among equals."""
+    """The best search trial of each study that has one: complete, with an objective, best in
+    the study's direction, the lowest number among equals (confirmation runs never rank)."""
     key = case((StudyRow.direction == "maximize", -TrialRow.objective), else_=TrialRow.objective)
     rank = func.row_number().over(partition_by=TrialRow.study_id, order_by=(key, TrialRow.number))
     ranked = (
@@ -416,6 +433,7 @@ def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
             TrialRow.study_id.in_(study_ids),
             TrialRow.state == TrialState.COMPLETE,
             TrialRow.objective.is_not(None),
+            TrialRow.confirms.is_(None),
         )
         .subquery()
     )

@@ -99,6 +99,8 @@ class TrialRow(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    # A confirmation run: the number of the search trial whose configuration it runs again.
+    confirms: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epoch_results: Mapped[list[EpochRow]] = relationship(

@@ -37,7 +37,7 @@ class StudyProgress(Callback):
             console=console,
         )
         self._task = self._progress.add_task(
-            definition.name, total=definition.n_trials, summary="starting Ray"
+            definition.name, total=definition.planned_trials, summary="starting Ray"
         )
 
     def __enter__(self) -> StudyProgress:

@@ -36,7 +36,8 @@ class TrialRecorder(Callback):
         number = self.searcher.trial_number(trial.trial_id)
         self._numbers[trial.trial_id] = number
         params = {k: v for k, v in trial.config.items() if k in KNOBS and v is not None}
-        self.store.start_trial(self.study, number, params)
+        confirms = self.searcher.confirms(trial.trial_id)
+        self.store.start_trial(self.study, number, params, confirms=confirms)
         resume = trial.config.get(RESUME_KEY)
         if resume and resume["checkpoint"]:  # it goes on from the epochs that trial finished
             self.store.copy_epochs(self.study, int(resume["trial"]), number)

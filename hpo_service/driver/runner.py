@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any
 
+import optuna
 import ray
+from optuna.trial import TrialState as OptunaTrialState
 from ray import tune
 from ray.tune.schedulers import (
     ASHAScheduler,
@@ -22,6 +24,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.stopper import CombinedStopper
 
+from hpo_service.core.confirmation import candidates, confirmation_seeds, rank
 from hpo_service.core.definition import Asha, Hyperband, MedianStopping, StudyDefinition
 from hpo_service.core.errors import HpoError, RayUnavailableError
 from hpo_service.core.packing import DeviceFacts, plan_packing
@@ -36,7 +39,7 @@ from hpo_service.core.records import (
 from hpo_service.core.settings import LOCAL_OBJECT_STORE_BYTES, Settings, unreachable
 from hpo_service.data import dataset_fingerprint, load_labelled_data
 from hpo_service.db.optuna_storage import optuna_storage
-from hpo_service.db.reconcile import reconcile
+from hpo_service.db.reconcile import CONFIRMS_ATTR, SEED_ATTR, reconcile
 from hpo_service.db.store import Store
 from hpo_service.driver.fusion import MEMBER_CPUS, fused_member_trial, start_workers
 from hpo_service.driver.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
@@ -47,6 +50,8 @@ from hpo_service.training.modeling import model_type, tokenize
 from hpo_service.training.trainable import TrialSetup, train_trial
 
 GPU_PROBE_TIMEOUT_S = 300
+# Optuna's study user attribute with the confirmed best configuration, for the dashboard.
+CONFIRMED_BEST_ATTR = "hpo:confirmed_best"
 _RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Our own tables and Optuna's hold the results; skip Ray's CSV/JSON/TensorBoard files.
@@ -185,6 +190,8 @@ def _run(
         remaining = definition.n_trials - store.finished_trial_count(name)
         if remaining > 0:
             _fit(definition, remaining, settings, setup, store, [failures, *callbacks])
+        if definition.confirm and not failures.reached:
+            _confirm(definition, settings, setup, store, [failures, *callbacks])
     except KeyboardInterrupt:
         reconcile(store, optuna_storage(settings.database_url), name)
         store.set_status(name, StudyStatus.CANCELLED, "interrupted", only_from=ACTIVE_STATUSES)
@@ -203,6 +210,46 @@ def _run(
     return store.get_study(name)
 
 
+def _confirm(
+    definition: StudyDefinition,
+    settings: Settings,
+    setup: TrialSetup,
+    store: Store,
+    callbacks: Sequence[tune.Callback],
+) -> None:
+    """The confirmation stage: each of the search's best configurations once per fresh seed,
+    enqueued in Optuna (a run a crash cut off is enqueued again by ``reconcile``), all run to
+    their full budget; then the winner by mean goes into Optuna's study for the dashboard."""
+    assert definition.confirm is not None
+    name = definition.name
+    if store.get_study(name).status.is_finished:  # cancelled during the search
+        return
+    mode = definition.objective.mode
+    study = optuna.load_study(study_name=name, storage=optuna_storage(settings.database_url))
+    trials = study.get_trials(deepcopy=False)
+    queued = {
+        (t.user_attrs[CONFIRMS_ATTR], t.user_attrs[SEED_ATTR])
+        for t in trials
+        if CONFIRMS_ATTR in t.user_attrs
+    }
+    for number in candidates(store.trials(name), definition.confirm, mode):
+        for seed in confirmation_seeds(definition.confirm):
+            if (number, seed) in queued:
+                continue
+            params = dict(trials[number].params)
+            if "seed" in params:  # the seed is searched: this run's is fresh
+                params["seed"] = seed
+            attrs = {CONFIRMS_ATTR: number, SEED_ATTR: seed}
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    waiting = study.get_trials(deepcopy=False, states=(OptunaTrialState.WAITING,))
+    runs = sum(CONFIRMS_ATTR in t.user_attrs for t in waiting)
+    if runs:
+        _fit(definition, runs, settings, setup, store, callbacks, confirming=True)
+    ranked = rank(store.trials(name), mode)
+    if ranked:
+        study.set_user_attr(CONFIRMED_BEST_ATTR, ranked[0].as_dict())
+
+
 def _fit(
     definition: StudyDefinition,
     n_trials: int,
@@ -210,7 +257,10 @@ def _fit(
     setup: TrialSetup,
     store: Store,
     callbacks: Sequence[tune.Callback],
+    confirming: bool = False,
 ) -> None:
+    """Run ``n_trials`` trials: the search's (sampled, stopped early as the definition says,
+    within its time budget) or, ``confirming``, the enqueued confirmation runs (whole budget)."""
     mode = "max" if definition.objective.mode == "maximize" else "min"
     storage = optuna_storage(settings.database_url)
     searcher = StudySearcher(
@@ -247,10 +297,10 @@ def _fit(
         param_space=definition.parameters.fixed_values(),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=_scheduler(definition, mode),
+            scheduler=FIFOScheduler() if confirming else _scheduler(definition, mode),
             num_samples=n_trials,
             max_concurrent_trials=packing.concurrent_trials,
-            time_budget_s=definition.limits.time_budget_s,
+            time_budget_s=None if confirming else definition.limits.time_budget_s,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

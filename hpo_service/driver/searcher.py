@@ -17,7 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import TrialState
-from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
+from hpo_service.db.reconcile import CHECKPOINT_ATTR, CONFIRMS_ATTR, RESUMES_ATTR, SEED_ATTR
 
 _OPTUNA_STATES = {
     TrialState.COMPLETE: OptunaTrialState.COMPLETE,
@@ -101,11 +101,18 @@ class StudySearcher(OptunaSearch):
     def trial_number(self, trial_id: str) -> int:
         return self._ot_trials[trial_id].number
 
+    def confirms(self, trial_id: str) -> int | None:
+        """The search trial a confirmation run repeats; ``None`` for a search trial."""
+        return self._ot_trials[trial_id].user_attrs.get(CONFIRMS_ATTR)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """The next configuration; a trial run again after a crash also gets ``resume``: the
-        number of the trial it replaces and that trial's last checkpoint, if it saved one."""
+        """The next configuration; a confirmation run gets its seed; a trial run again after a
+        crash also gets ``resume``: the number of the trial it replaces and that trial's last
+        checkpoint, if it saved one."""
         config = super().suggest(trial_id)
         attrs = self._ot_trials[trial_id].user_attrs if trial_id in self._ot_trials else {}
+        if config is not None and SEED_ATTR in attrs:  # a confirmation run's fresh seed
+            config = {**config, "seed": attrs[SEED_ATTR]}
         if config is not None and RESUMES_ATTR in attrs:
             resume = {"trial": attrs[RESUMES_ATTR], "checkpoint": attrs.get(CHECKPOINT_ATTR)}
             config = {**config, RESUME_KEY: resume}

@@ -12,32 +12,59 @@ from typing import Any, Literal
 import yaml
 
 from hpo_service import __version__
+from hpo_service.core.confirmation import RULE, Confirmed, confirmation_seeds, rank
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.errors import NotFoundError
 from hpo_service.core.records import StudyRecord, TrialRecord
 from hpo_service.core.training_args import dropout_fields, training_arguments, trial_values
 from hpo_service.db.store import Store
 
-SCHEMA = "hpo-service/best-config/v1"
+# v2 added `confirmation` (null without a confirmation stage); v1 readers keep working.
+SCHEMA = "hpo-service/best-config/v2"
 Format = Literal["json", "yaml", "env", "training-args"]
 FORMATS: tuple[Format, ...] = ("json", "yaml", "env", "training-args")
 
 
 def best_config(store: Store, study: str) -> dict[str, Any]:
-    """The best full-budget trial of ``study`` as a best-config document.
+    """The best configuration of ``study`` as a best-config document: the best mean over the
+    confirmation seeds once a confirmation stage has results, else the best full-budget trial.
 
     Raises ``NotFoundError`` if the study does not exist or has no complete trial yet.
     """
     record = store.get_study(study)
+    definition = StudyDefinition.model_validate(record.resolved_definition)
+    if definition.confirm is not None:
+        ranked = rank(store.trials(study), definition.objective.mode)
+        if ranked:
+            return best_document(record, store.trial(study, ranked[0].trial.number), ranked)
     best = store.best_trial(study)
     if best is None:
         raise NotFoundError(f"study {study!r} has no complete trial yet")
     return best_document(record, best)
 
 
-def best_document(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
+def confirmation_section(ranked: list[Confirmed], seeds: list[int]) -> dict[str, Any]:
+    """How the winner was confirmed: its spread over the fresh seeds, and every candidate's."""
+    return {
+        "rule": RULE,
+        "seeds": seeds,
+        **ranked[0].as_dict(),
+        "candidates": [candidate.as_dict() for candidate in ranked],
+    }
+
+
+def best_document(
+    study: StudyRecord, trial: TrialRecord, confirmed: list[Confirmed] | None = None
+) -> dict[str, Any]:
+    """The document for ``trial``; with ``confirmed`` (best first, ``trial`` the first's search
+    trial) its objective and metrics are the means over the confirmation runs."""
     definition = StudyDefinition.model_validate(study.resolved_definition)
     values = trial_values(trial.params)
+    value, metrics, confirmation = trial.objective, trial.metrics, None
+    if confirmed and definition.confirm is not None:
+        confirmation = confirmation_section(confirmed, confirmation_seeds(definition.confirm))
+        value = confirmation["objective"]["mean"]
+        metrics = {**metrics, **{k: v["mean"] for k, v in confirmation["metrics"].items()}}
     environment = study.run_environment
     model_type = environment.model_type if environment else None
     overrides = (
@@ -53,9 +80,10 @@ def best_document(study: StudyRecord, trial: TrialRecord) -> dict[str, Any]:
         "objective": {
             "metric": study.objective_metric,
             "direction": study.direction,
-            "value": trial.objective,
+            "value": value,
         },
-        "metrics": trial.metrics,
+        "metrics": metrics,
+        "confirmation": confirmation,
         "parameters": values,
         "training_arguments": training_arguments(trial.params),
         "model": {

@@ -169,6 +169,12 @@ BAD_DEFINITIONS = [
         ("early_stopping", "'pbt'", "asha", "hyperband", "median"),
         id="unknown-early-stopping",
     ),
+    pytest.param(
+        {"confirm": {"top_k": 2, "seeds": 1}},
+        ("confirm.seeds", "greater than or equal to 2", "1"),
+        id="confirm-with-one-seed",
+    ),
+    pytest.param({"confirm": {"top_k": 0}}, ("confirm.top_k", "0"), id="confirm-nothing"),
     pytest.param({"name": "../x"}, ("name", "'../x'"), id="name-with-parent-dir"),
     pytest.param({"name": "a/b"}, ("name", "'a/b'"), id="name-with-slash"),
     pytest.param({"name": ""}, ("name", "''"), id="empty-name"),

@@ -53,3 +53,44 @@ def test_a_regression_is_a_drop_for_scores_and_a_rise_for_the_loss() -> None:
     assert not rose.passed and "regressed from the baseline's 0.2500" in rose.message
     fell = judge("s", "completed", best(eval_loss=0.2), metric="eval_loss", baseline=before)
     assert fell.passed and "within 0.0 of the baseline's 0.2500" in fell.message
+
+
+def confirmed(scores: list[float], trial: int = 4) -> dict[str, Any]:
+    """A v2 document whose accuracy was confirmed over len(scores) fresh seeds."""
+    import statistics
+
+    mean = statistics.fmean(scores)
+    spread = {"mean": mean, "std": statistics.stdev(scores), "worst": min(scores)}
+    document = best(mean)
+    document["trial"] = trial
+    document["confirmation"] = {"metrics": {"accuracy": {**spread, "scores": scores}}}
+    return document
+
+
+def test_with_confirmation_seeds_the_gate_judges_the_mean_the_pessimistic_mean_or_the_worst() -> (
+    None
+):
+    document = confirmed([0.90, 0.86, 0.88])  # mean 0.88, std 0.02, worst 0.86
+    assert judge("s", "completed", document, minimum=0.87).passed
+    verdict = judge("s", "completed", document, minimum=0.87, statistic="mean-std")
+    assert not verdict.passed
+    assert "accuracy 0.8800 ± 0.0200 over 3 seeds (worst 0.8600)" in verdict.message
+    assert "accuracy (mean-std) 0.8600 is below the minimum 0.87" in verdict.message
+    assert not judge("s", "completed", document, minimum=0.87, statistic="worst").passed
+    assert judge("s", "completed", document, minimum=0.86, statistic="worst").passed
+    # A single run (v1 document) has no spread: every statistic is its value.
+    assert judge("s", "completed", best(0.9), minimum=0.9, statistic="worst").passed
+
+
+def test_against_a_confirmed_baseline_noise_alone_never_fails_a_pipeline() -> None:
+    before = confirmed([0.90, 0.86, 0.88])  # 0.88 ± 0.02
+    after = confirmed([0.88, 0.84, 0.86])  # 0.86 ± 0.02: within the noise of both
+    verdict = judge("s", "completed", after, baseline=before)
+    assert (
+        verdict.passed and "within 0.0 + noise 0.0283 of the baseline's 0.8800" in verdict.message
+    )
+    worse = confirmed([0.80, 0.78, 0.82])  # 0.80: a real drop
+    verdict = judge("s", "completed", worse, baseline=before, max_drop=0.01)
+    assert not verdict.passed and "by 0.0800, more than --max-drop 0.01 + noise" in verdict.message
+    # Without spreads on either side, the old rule: the drop alone against --max-drop.
+    assert not judge("s", "completed", best(0.86), baseline=best(0.88)).passed

@@ -14,8 +14,10 @@ from hpo_service.core.settings import normalize_database_url
 from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.reconcile import (
     CHECKPOINT_ATTR,
+    CONFIRMS_ATTR,
     INTERRUPTED_ATTR,
     RESUMES_ATTR,
+    SEED_ATTR,
     fail_cut_off_trials,
     reconcile,
 )
@@ -115,3 +117,24 @@ def test_a_cancelled_study_fails_its_cut_off_trials_in_both_stores(
     [ours] = store.trials("crashed")
     assert (ours.state, ours.error) == (TrialState.FAILED, "cancelled while running")
     assert study.get_trials()[trial.number].state == OptunaState.FAIL
+
+
+def test_an_interrupted_confirmation_run_runs_again_as_the_same_confirmation_run(
+    stores: tuple[Store, optuna.storages.RDBStorage, optuna.Study],
+) -> None:
+    store, storage, study = stores
+    search = asked(study, store, 1e-3)
+    study.tell(search, 0.8)
+    store.finish_trial("crashed", search.number, TrialState.COMPLETE)
+    attrs = {CONFIRMS_ATTR: search.number, SEED_ATTR: 10_000}
+    study.enqueue_trial({"learning_rate": 1e-3}, user_attrs=attrs)
+    run = study.ask(SPACE)  # then the driver died: Optuna heard of it, our tables did not
+    assert run.user_attrs == attrs
+
+    reconcile(store, storage, "crashed")
+    cut_off, again = study.get_trials(deepcopy=False)[1:]
+    assert cut_off.state == OptunaState.FAIL and cut_off.user_attrs[INTERRUPTED_ATTR]
+    assert store.trial("crashed", cut_off.number).confirms == search.number
+    assert again.state == OptunaState.WAITING
+    assert again.user_attrs == {RESUMES_ATTR: cut_off.number, **attrs}
+    assert store.finished_trial_count("crashed") == 1  # confirmation runs are not the search's

@@ -1,0 +1,84 @@
+"""The confirmation stage's choices: which configurations run again, and which wins by mean."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from hpo_service.core.confirmation import candidates, confirmation_seeds, rank
+from hpo_service.core.definition import Confirm
+from hpo_service.core.records import TrialRecord, TrialState
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def trial(
+    number: int,
+    objective: float | None,
+    lr: float,
+    seed: int = 42,
+    state: TrialState = TrialState.COMPLETE,
+    confirms: int | None = None,
+) -> TrialRecord:
+    return TrialRecord(
+        number=number,
+        state=state,
+        params={"learning_rate": lr, "seed": seed},
+        objective=objective,
+        accuracy=objective,
+        f1=None,
+        matthews_corrcoef=None,
+        eval_loss=None if objective is None else 1 - objective,
+        epochs=2,
+        started_at=NOW,
+        finished_at=NOW,
+        error=None,
+        confirms=confirms,
+    )
+
+
+def test_candidates_are_the_best_distinct_configurations_of_the_search() -> None:
+    trials = [
+        trial(0, 0.70, 1e-3),
+        trial(1, 0.90, 2e-3),
+        trial(2, 0.90, 2e-3, seed=7),  # the same configuration as trial 1, another seed
+        trial(3, 0.95, 3e-3, state=TrialState.EARLY_STOPPED),  # never ran its budget
+        trial(4, 0.80, 4e-3),
+        trial(5, None, 5e-3, state=TrialState.FAILED),
+        trial(6, 0.99, 1e-3, confirms=0),  # a confirmation run is not a candidate
+    ]
+    assert candidates(trials, Confirm(top_k=2), "maximize") == [1, 4]
+    assert candidates(trials, Confirm(top_k=5), "maximize") == [1, 4, 0]
+    assert candidates(trials, Confirm(top_k=1), "minimize") == [0]
+
+
+def test_every_candidate_gets_the_same_fresh_seeds() -> None:
+    assert confirmation_seeds(Confirm(seeds=3)) == [10_000, 10_001, 10_002]
+
+
+def test_the_best_mean_over_fresh_seeds_wins_not_the_lucky_search_run() -> None:
+    trials = [
+        trial(0, 0.95, 1e-3),  # a lucky seed: its configuration averages 0.80
+        trial(1, 0.90, 2e-3),  # steady: 0.88 on average
+        *(trial(2 + i, v, 1e-3, 10_000 + i, confirms=0) for i, v in enumerate([0.75, 0.85])),
+        *(trial(4 + i, v, 2e-3, 10_000 + i, confirms=1) for i, v in enumerate([0.87, 0.89])),
+        trial(6, None, 2e-3, 10_002, state=TrialState.FAILED, confirms=1),  # not counted
+    ]
+    best, second = rank(trials, "maximize")
+    assert best.trial.number == 1
+    assert best.objective.mean == pytest.approx(0.88)
+    assert best.objective.std == pytest.approx(0.0141421, rel=1e-4)
+    assert best.objective.worst == pytest.approx(0.87)
+    assert second.trial.number == 0 and second.objective.worst == pytest.approx(0.75)
+    document = best.as_dict()
+    assert document["search_value"] == 0.90
+    assert [r["seed"] for r in document["runs"]] == [10_000, 10_001]
+    # Per metric, in its own direction: the lowest loss is the best, the highest the worst.
+    assert document["metrics"]["eval_loss"]["worst"] == pytest.approx(0.13)
+    assert "f1" not in document["metrics"]  # no run measured it
+
+
+def test_nothing_is_confirmed_before_a_confirmation_run_completes() -> None:
+    running = trial(1, None, 1e-3, 10_000, state=TrialState.RUNNING, confirms=0)
+    assert rank([trial(0, 0.9, 1e-3), running], "maximize") == []
