@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from hpo_service.api.schemas import (
+    Budget,
     Message,
     Preset,
     StudyDetail,
@@ -18,7 +20,8 @@ from hpo_service.api.schemas import (
     TrialSummary,
     ValidationErrors,
 )
-from hpo_service.core.definition import NAME_PATTERN
+from hpo_service.core.budget import forecast
+from hpo_service.core.definition import NAME_PATTERN, StudyDefinition
 from hpo_service.core.errors import DefinitionError, PayloadTooLargeError
 from hpo_service.core.presets import list_presets, load_preset, parse_document
 from hpo_service.core.records import StudyStatus
@@ -146,10 +149,13 @@ def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
     """Status, trial counts, progress, best so far, timestamps and error of one study."""
     record = store.get_study(name)
     summary = StudySummary.of(record, store.best_trial(name))
+    definition = StudyDefinition.model_validate(record.resolved_definition)
+    outlook = forecast(store.trial_times(name), definition, datetime.now(UTC))
     return StudyDetail(
         **summary.model_dump(),
         definition=record.definition,
         resolved_definition=record.resolved_definition,
+        budget=Budget.of(outlook, definition, record.status.is_active),
     )
 
 

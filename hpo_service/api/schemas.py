@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from hpo_service.core.definition import METRICS
+from hpo_service.core.budget import Forecast, Spend
+from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.records import EpochRecord, StudyRecord, StudyStatus, TrialRecord, TrialState
 
 
@@ -66,9 +67,49 @@ class StudySummary(BaseModel):
         )
 
 
+class Hours(BaseModel):
+    cpu_hours: float | None
+    gpu_hours: float | None
+
+
+class Budget(BaseModel):
+    """What the study spent, its budget, and what finishing it would take."""
+
+    spent: Hours = Field(description="Each trial's resources times its run time, so far.")
+    limits: Hours = Field(description="`limits.cpu_hours` and `limits.gpu_hours` (null: none).")
+    remaining_trials: int
+    seconds_to_finish: float | None = Field(
+        description="At the finished trials' mean run time; null before one has finished."
+    )
+    at_end: Hours | None = Field(description="The spend forecast once the study finishes.")
+
+    @classmethod
+    def of(cls, forecast: Forecast, definition: StudyDefinition, active: bool) -> Budget:
+        def hours(spend: Spend) -> Hours:
+            return Hours(cpu_hours=spend.cpu_hours, gpu_hours=spend.gpu_hours)
+
+        limits = Hours(cpu_hours=definition.limits.cpu_hours, gpu_hours=definition.limits.gpu_hours)
+        if not active:  # it ended: nothing more to run or spend
+            return cls(
+                spent=hours(forecast.spent),
+                limits=limits,
+                remaining_trials=0,
+                seconds_to_finish=0.0,
+                at_end=hours(forecast.spent),
+            )
+        return cls(
+            spent=hours(forecast.spent),
+            limits=limits,
+            remaining_trials=forecast.remaining_trials,
+            seconds_to_finish=forecast.seconds_to_finish,
+            at_end=None if forecast.at_end is None else hours(forecast.at_end),
+        )
+
+
 class StudyDetail(StudySummary):
     definition: dict[str, Any] = Field(description="The definition as submitted.")
     resolved_definition: dict[str, Any] = Field(description="After its preset was merged in.")
+    budget: Budget
 
 
 class StudyPage(BaseModel):

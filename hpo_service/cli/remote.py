@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from hpo_service.api.schemas import StudyDetail, StudySummary
+    from hpo_service.api.schemas import Budget, Hours, StudyDetail, StudySummary
     from hpo_service.client import ServiceClient
 from hpo_service.cli.common import (
     POLL_S,
@@ -98,6 +98,27 @@ def _report_end(study: StudyDetail) -> None:
     raise typer.Exit(1)
 
 
+def _hours(hours: Hours, limits: Hours | None = None) -> str:
+    """CPU- and GPU-hours, each with its limit where there is one; GPU-hours only if any."""
+    parts = []
+    for kind, used in (("CPU", hours.cpu_hours), ("GPU", hours.gpu_hours)):
+        limit = getattr(limits, f"{kind.lower()}_hours") if limits else None
+        if used or limit or kind == "CPU":
+            parts.append(f"{used or 0:.3g} {kind}-h" + (f" of {limit:g}" if limit else ""))
+    return ", ".join(parts)
+
+
+def _forecast(budget: Budget) -> str:
+    if not budget.remaining_trials:
+        return ""
+    if budget.seconds_to_finish is None or budget.at_end is None:
+        return f"{budget.remaining_trials} trials to run; a forecast once one has finished"
+    return (
+        f"{budget.remaining_trials} trials to run, about {budget.seconds_to_finish / 60:.1f} min, "
+        f"{_hours(budget.at_end)} at the end"
+    )
+
+
 def _best(study: StudyDetail) -> str:
     """The best trial so far: its objective and the values of the searched parameters."""
     params = study.best.params
@@ -154,6 +175,8 @@ def status(name: StudyName, server: ServerUrl = None, token: ApiToken = None) ->
         "trials": _counts(study) or "none yet",
         "objective": f"{study.objective.direction} {study.objective.metric}",
         "best": "none yet" if study.best is None else _best(study),
+        "spent": _hours(study.budget.spent, study.budget.limits),
+        "forecast": _forecast(study.budget),
         "submitted": format_time(study.created_at),
         "started": format_time(study.started_at),
         "finished": format_time(study.finished_at),

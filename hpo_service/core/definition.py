@@ -469,6 +469,15 @@ class Limits(_Spec):
         default=None, ge=1, description="Stop the study after this many failed trials."
     )
     time_budget_s: float | None = Field(default=None, gt=0)
+    cpu_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop the study once its trials used this many CPU-hours (each trial's "
+        "`resources_per_trial.cpus` times its run time).",
+    )
+    gpu_hours: float | None = Field(
+        default=None, gt=0, description="The same in GPU-hours (`resources_per_trial.gpus`)."
+    )
 
 
 class Resources(_Spec):

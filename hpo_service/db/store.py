@@ -10,6 +10,7 @@ from sqlalchemy import Engine, Select, case, create_engine, event, exists, func,
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
+from hpo_service.core.budget import TrialTimes
 from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.errors import AlreadyExistsError, NotFoundError, StorageError
 from hpo_service.core.records import (
@@ -313,6 +314,18 @@ class Store:
                 query = query.options(selectinload(TrialRow.epoch_results))
             rows = session.scalars(query.order_by(TrialRow.number)).all()
             return [_trial_record(row, with_curves) for row in rows]
+
+    def trial_times(self, study: str) -> list[TrialTimes]:
+        """Each trial's state, start and end (``None`` while it runs): what its spend is
+        counted from. One query of three columns, whatever the study's size."""
+        with self._session() as session:
+            study_row = self._study_row(session, study)
+            rows = session.execute(
+                select(TrialRow.state, TrialRow.started_at, TrialRow.finished_at).where(
+                    TrialRow.study_id == study_row.id
+                )
+            )
+            return [(state, started, finished) for state, started, finished in rows]
 
     def trial_page(
         self, study: str, offset: int = 0, limit: int = 100

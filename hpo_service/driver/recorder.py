@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback, Stopper
 
-from hpo_service.core.definition import KNOBS
+from hpo_service.core.budget import over_budget, spent
+from hpo_service.core.definition import KNOBS, StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.db.store import Store
 from hpo_service.driver.searcher import RESUME_KEY, StudySearcher, trial_outcome
@@ -111,3 +114,39 @@ class CancelWatch(Stopper):
             self._checked_at = now
             self._cancelled = self.store.get_study(self.study).status == StudyStatus.CANCELLED
         return self._cancelled
+
+
+class BudgetWatch(Callback, Stopper):
+    """Stops the whole study once its trials used up ``limits.cpu_hours`` or
+    ``limits.gpu_hours`` (checked every few seconds); ``reason`` then says which."""
+
+    def __init__(
+        self,
+        store: Store,
+        definition: StudyDefinition,
+        interval_s: float = 2.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.definition = definition
+        self.interval_s = interval_s
+        self.clock = clock
+        self.reason: str | None = None
+        self._checked_at = -float("inf")
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if time.monotonic() - self._checked_at >= self.interval_s:
+            self.used_up()
+        return self.reason is not None
+
+    def used_up(self) -> bool:
+        """Whether the budget is used up, checked now."""
+        limits = self.definition.limits
+        self._checked_at = time.monotonic()
+        if self.reason is None and (limits.cpu_hours or limits.gpu_hours):
+            times = self.store.trial_times(self.definition.name)
+            self.reason = over_budget(spent(times, self.definition, self.clock()), self.definition)
+        return self.reason is not None

@@ -42,7 +42,7 @@ from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.reconcile import CONFIRMS_ATTR, SEED_ATTR, reconcile
 from hpo_service.db.store import Store
 from hpo_service.driver.fusion import MEMBER_CPUS, fused_member_trial, start_workers
-from hpo_service.driver.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
+from hpo_service.driver.recorder import BudgetWatch, CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.driver.search_space import optuna_distributions, optuna_sampler
 from hpo_service.driver.searcher import StudySearcher, warm_start_trials
 from hpo_service.training.footprint import gpu_memory_bytes, trial_footprint
@@ -184,14 +184,16 @@ def _run(
         return store.get_study(name)  # cancelled before it started
     failed_before = store.get_study(name).trial_counts[TrialState.FAILED]
     failures = FailedTrialLimit(definition.limits.max_failed_trials, failed_before)
+    budget = BudgetWatch(store, definition)
+    stoppers = [failures, budget, *callbacks]
     try:
         store.record_run_environment(name, run_environment(definition))
         reconcile(store, optuna_storage(settings.database_url), name)
         remaining = definition.n_trials - store.finished_trial_count(name)
-        if remaining > 0:
-            _fit(definition, remaining, settings, setup, store, [failures, *callbacks])
-        if definition.confirm and not failures.reached:
-            _confirm(definition, settings, setup, store, [failures, *callbacks])
+        if remaining > 0 and not budget.used_up():
+            _fit(definition, remaining, settings, setup, store, stoppers)
+        if definition.confirm and not failures.reached and not budget.used_up():
+            _confirm(definition, settings, setup, store, stoppers)
     except KeyboardInterrupt:
         reconcile(store, optuna_storage(settings.database_url), name)
         store.set_status(name, StudyStatus.CANCELLED, "interrupted", only_from=ACTIVE_STATUSES)
@@ -202,6 +204,8 @@ def _run(
     if failures.reached:
         message = f"stopped after {failures.failed} failed trials (limits.max_failed_trials)"
         store.set_status(name, StudyStatus.FAILED, message, only_from=ACTIVE_STATUSES)
+    elif budget.reason is not None:  # it did what it was allowed to: a result, not a failure
+        store.set_status(name, StudyStatus.COMPLETED, budget.reason, only_from=ACTIVE_STATUSES)
     else:
         store.set_status(name, StudyStatus.COMPLETED, only_from=ACTIVE_STATUSES)
     # The study ended on its own: no trial of it will run again, so its checkpoints can go.

@@ -78,6 +78,12 @@ def test_a_submitted_study_runs_to_its_end(service: Service, finished_study: dic
     assert sorted(t["number"] for t in trials) == [0, 1]
     assert all(t["state"] == "complete" and t["epochs"] == 2 for t in trials)
     assert all(t["duration_s"] > 0 and t["metrics"]["eval_loss"] > 0 for t in trials)
+    budget = finished_study["budget"]  # two one-CPU trials: their run times in CPU-hours
+    trials_s = sum(t["duration_s"] for t in trials)
+    assert budget["spent"]["cpu_hours"] == pytest.approx(trials_s / 3600, rel=1e-3)
+    assert budget["spent"]["gpu_hours"] == 0
+    assert budget["limits"] == {"cpu_hours": None, "gpu_hours": None}
+    assert budget["remaining_trials"] == 0 and budget["at_end"] == budget["spent"]
     curve = service.client.get("/v1/studies/served/trials/1").json()["learning_curve"]
     assert [point["epoch"] for point in curve] == [1, 2]
 

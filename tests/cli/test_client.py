@@ -104,6 +104,8 @@ def test_status_summarises_the_study(service: Service, submitted: Result) -> Non
     assert "2/2 trials (100%)" in result.output
     assert "2 complete" in result.output
     assert re.search(r"best\s+accuracy \d\.\d{4} \(trial \d\): learning_rate=", result.output)
+    assert re.search(r"spent\s+\d[.\de-]* CPU-h\n", result.output), result.output
+    assert "forecast" not in result.output  # it finished: nothing left to forecast
 
 
 def test_trials_lists_both_trials(service: Service, submitted: Result) -> None:

@@ -66,7 +66,8 @@ def test_the_best_config_document(finished: tuple[str, Path], sentiment_files: t
     code, output = hpo("best", "tuned", "--database-url", url)
     assert code == 0, output
     document = json.loads(output)
-    assert document["schema"] == "hpo-service/best-config/v1"
+    assert document["schema"] == "hpo-service/best-config/v2"
+    assert document["confirmation"] is None  # no confirmation stage
     assert document["study"] == "tuned" and document["status"] == "completed"
     assert document["objective"]["metric"] == "accuracy"
     assert document["objective"]["value"] == document["metrics"]["accuracy"]
@@ -136,6 +137,11 @@ def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> 
     assert code == 1 and "below the minimum" in output and len(output.strip().splitlines()) == 1
     code, output = gate(url, "tuned", "--metric", "eval_loss", "--max", "0.0001")
     assert code == 1 and "above the maximum" in output
+    # One run has no spread: its worst seed is its value.
+    assert gate(url, "tuned", "--min", str(accuracy - 0.01), "--on", "worst")[0] == 0
+    code, output = gate(url, "tuned", "--min", "0", "--on", "median")
+    assert code == 2 and "--on must be one of mean, mean-std, worst" in output
+    assert "Traceback" not in output
 
 
 def test_the_gate_fails_on_a_regression_from_a_baseline(finished: tuple[str, Path]) -> None:

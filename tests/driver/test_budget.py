@@ -1,0 +1,69 @@
+"""Budgets: a study stops cleanly once its trials used up `limits.cpu_hours`, with the reason,
+and both stores agree on every trial it ran."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import optuna_trials, run, tiny_study
+
+from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.db.store import Store
+from hpo_service.db.tables import utcnow
+from hpo_service.driver.recorder import BudgetWatch
+
+
+def test_the_watch_stops_a_study_whose_running_trial_used_up_its_budget(sqlite_url: str) -> None:
+    document = {
+        "name": "metered",
+        "dataset": {"train": "train.csv", "eval": "dev.csv"},
+        "parameters": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+        "resources_per_trial": {"cpus": 4},
+        "limits": {"cpu_hours": 2},
+    }
+    definition = StudyDefinition.model_validate(document)
+    store = Store.open(sqlite_url)
+    store.create_study(document, definition)
+    store.start_trial("metered", 0, {"learning_rate": 1e-4})
+    now = utcnow()
+    watch = BudgetWatch(store, definition, interval_s=3600, clock=lambda: now)
+    assert not watch.stop_all() and watch.reason is None  # 4 CPUs for a moment
+    now += timedelta(minutes=29)
+    assert not watch.stop_all()  # not checked again within the interval
+    assert watch.used_up() is False  # 4 CPUs for 29 minutes: 1.93 CPU-hours
+    now += timedelta(minutes=1)
+    assert watch.stop_all() is False and watch.used_up() is True
+    assert watch.reason == "stopped at its budget: 2 of limits.cpu_hours 2 used"
+    assert watch.stop_all()
+
+
+@pytest.mark.usefixtures("ray_runtime")
+def test_a_study_stops_cleanly_at_its_budget_with_the_reason(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    document = tiny_study(
+        "metered",
+        tiny_models["bert"],
+        sentiment_files,
+        parameters={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        sampler={"type": "random", "seed": 1},
+        limits={"trials": 20, "cpu_hours": 1 / 3600},  # one CPU-second
+    )
+    status, store = run(document, sqlite_url, tmp_path)
+    assert status == StudyStatus.COMPLETED
+    record = store.get_study("metered")
+    assert record.error is not None and record.error.startswith("stopped at its budget: ")
+    assert "of limits.cpu_hours 0.000277778 used" in record.error
+    ran = store.trials("metered")
+    assert 1 <= len(ran) < 20
+    assert all(t.state != TrialState.RUNNING for t in ran)
+    theirs = optuna_trials(sqlite_url, "metered")
+    assert len(theirs) == len(ran)
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in theirs)
