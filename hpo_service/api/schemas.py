@@ -134,6 +134,11 @@ class TrialSummary(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     error: str | None
+    micro_batch_size: int | None = Field(
+        default=None,
+        description="Out of device memory at its batch size, the micro-batch it trained at "
+        "(with more gradient accumulation: the same effective batch).",
+    )
     confirms: int | None = Field(
         default=None,
         description="A confirmation run: the search trial whose configuration it runs again "
@@ -154,6 +159,7 @@ class TrialSummary(BaseModel):
             duration_s=trial.duration_s,
             error=trial.error,
             confirms=trial.confirms,
+            micro_batch_size=trial.micro_batch_size,
         )
 
 

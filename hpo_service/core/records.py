@@ -91,6 +91,8 @@ class TrialRecord(BaseModel):
     error: str | None
     # A confirmation run (see `confirm`): the search trial whose configuration it runs again.
     confirms: int | None = None
+    # Out of device memory at its batch size, the micro-batch it trained at instead.
+    micro_batch_size: int | None = None
     learning_curve: list[EpochRecord] = []
 
     @property

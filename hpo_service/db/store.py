@@ -246,6 +246,7 @@ class Store:
             )
             trial.objective = float(result["objective"])
             trial.epochs = int(result["epoch"])
+            trial.micro_batch_size = result.get("micro_batch_size", trial.micro_batch_size)
             for metric, value in scores.items():
                 setattr(trial, metric, value)
 

@@ -101,6 +101,8 @@ class TrialRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # A confirmation run: the number of the search trial whose configuration it runs again.
     confirms: Mapped[int | None] = mapped_column(Integer)
+    # Out of memory at its batch size, it trained at this micro-batch (more accumulation).
+    micro_batch_size: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epoch_results: Mapped[list[EpochRow]] = relationship(

@@ -30,6 +30,7 @@ RESUME_KEY = "resume"
 # whose configuration the definition's `enqueue` gave.
 WARM_START_ATTR = "hpo:warm_start_from"
 ENQUEUED_ATTR = "hpo:enqueued"
+MICRO_BATCH_ATTR = "hpo:micro_batch_size"
 
 
 def warm_start_trials(
@@ -131,6 +132,8 @@ class StudySearcher(OptunaSearch):
         if trial_id in self._completed_trials or self.metric not in result:
             return
         step = _step(result)
+        if "micro_batch_size" in result:  # out of memory at its batch size: shown in the dashboard
+            self._ot_trials[trial_id].set_user_attr(MICRO_BATCH_ATTR, result["micro_batch_size"])
         self._ot_trials[trial_id].report(result[self.metric], step)
         self._reported_steps.setdefault(trial_id, set()).add(step)
 

@@ -41,6 +41,8 @@ from hpo_service.training.modeling import load_model
 if TYPE_CHECKING:
     from hpo_service.training.trainable import TrialSetup
 
+# Marks the report of an epoch restored from a checkpoint (sent again: a crash may have lost it).
+REPLAYED_KEY = "replayed"
 # Parameter names that get no weight decay, as `Trainer.get_decay_parameter_names` (lower case).
 _NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
 
@@ -319,7 +321,7 @@ def train(
         restored = checkpoints.restore() if checkpoints is not None else None
         if restored is not None:  # its epoch's report again: the crash may have lost it
             step, first_epoch = _load_state(restored, model, optimizer, scheduler)
-            report(restored["report"])
+            report({**restored["report"], REPLAYED_KEY: True})
         for epoch in range(first_epoch, hyper.num_train_epochs + 1):
             model.train()
             batches = train_batches(train_split, hyper.batch_size, hyper.seed, epoch)

@@ -7,9 +7,11 @@ checkpoint, so a trial cut off by a crash runs again from its last finished epoc
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,14 @@ from typing import Any
 import torch
 from ray import tune
 
-from hpo_service.core.definition import Metric, ModelSpec
+from hpo_service.core.definition import KNOBS, Metric, ModelSpec
 from hpo_service.training import engine
 from hpo_service.training.batches import TensorData
 
 # `HPO_TORCH_COMPILE=1` in the workers' environment compiles each trial's model (CUDA only).
 COMPILE_VARIABLE = "HPO_TORCH_COMPILE"
 STATE_FILE = "state.pt"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,62 @@ class RayCheckpoints:
                 shutil.rmtree(pending, ignore_errors=True)
 
 
+class InfeasibleTrialError(RuntimeError):
+    """The trial cannot fit in its device's memory, even one row at a time."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's out-of-memory error, or the CPU allocator's failure under a memory limit."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def fit_in_memory(
+    config: dict[str, Any], report: Callable[[dict[str, Any]], None], run: Callable[..., None]
+) -> None:
+    """``run(config, report)``; out of memory before it reported an epoch it trained, again
+    with half the micro-batch and twice the gradient accumulation (the same effective batch,
+    added to each report as ``micro_batch_size``), down to one row; then
+    ``InfeasibleTrialError``."""
+    micro = int(config.get("batch_size") or KNOBS["batch_size"].default)
+    accumulation = int(config.get("gradient_accumulation_steps") or 1)
+    reported = False
+
+    def report_fit(result: dict[str, Any]) -> None:
+        nonlocal reported
+        reported = reported or not result.get(engine.REPLAYED_KEY)  # this attempt trained
+        if micro != config.get("batch_size"):
+            result = {**result, "micro_batch_size": micro, "accumulation_used": accumulation}
+        report(result)
+
+    while True:
+        fitted = {**config, "batch_size": micro, "gradient_accumulation_steps": accumulation}
+        try:
+            run(fitted, report_fit)
+            return
+        except RuntimeError as error:
+            if not is_out_of_memory(error) or reported:
+                raise
+            if micro == 1:
+                raise InfeasibleTrialError(
+                    f"infeasible: out of memory even at a micro-batch of 1 "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                ) from error
+            micro, accumulation = micro // 2, accumulation * 2
+            logger.warning("out of memory: again at micro-batch %d x %d", micro, accumulation)
+
+
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Ray Tune function trainable: fine-tune with ``config``'s knob values."""
+    """Ray Tune function trainable: fine-tune with ``config``'s knob values, at a smaller
+    micro-batch if the device runs out of memory (see ``fit_in_memory``)."""
     compile_model = os.environ.get(COMPILE_VARIABLE) == "1"
-    if not setup.checkpoints:
-        engine.train(setup, config, report=tune.report, compile_model=compile_model)
-        return
     resume = config.get("resume") or {}
-    checkpoints = RayCheckpoints(resume.get("checkpoint"))
-    engine.train(
-        setup,
-        config,
-        report=checkpoints.report,
-        compile_model=compile_model,
-        checkpoints=checkpoints,
-    )
+    checkpoints = RayCheckpoints(resume.get("checkpoint")) if setup.checkpoints else None
+
+    def run(fitted: dict[str, Any], report: Callable[[dict[str, Any]], None]) -> None:
+        engine.train(
+            setup, fitted, report=report, compile_model=compile_model, checkpoints=checkpoints
+        )
+
+    fit_in_memory(config, checkpoints.report if checkpoints else tune.report, run)

@@ -107,6 +107,16 @@ def test_every_metric_is_stored_per_epoch_and_per_trial(store: Store) -> None:
     assert {m: getattr(trial.learning_curve[0], m) for m in METRICS} == values
 
 
+def test_a_trial_that_fell_back_to_a_smaller_micro_batch_keeps_it(store: Store) -> None:
+    store.create_study({}, definition())
+    store.start_trial("study", 0, {"batch_size": 32})
+    store.record_epoch("study", 0, {"epoch": 1, "objective": 0.1, "micro_batch_size": 8})
+    store.record_epoch("study", 0, {"epoch": 2, "objective": 0.2})  # reported once is enough
+    store.start_trial("study", 1, {"batch_size": 32})
+    store.record_epoch("study", 1, {"epoch": 1, "objective": 0.1})
+    assert [t.micro_batch_size for t in store.trials("study")] == [8, None]
+
+
 def test_deleting_a_study_deletes_its_trials(store: Store) -> None:
     store.create_study({}, definition())
     add_trial(store, "study", 0, TrialState.COMPLETE, 0.5)
