@@ -104,7 +104,7 @@ def test_status_summarises_the_study(service: Service, submitted: Result) -> Non
     assert "2/2 trials (100%)" in result.output
     assert "2 complete" in result.output
     assert re.search(r"best\s+accuracy \d\.\d{4} \(trial \d\): learning_rate=", result.output)
-    assert re.search(r"spent\s+\d[.\de-]* CPU-h\n", result.output), result.output
+    assert re.search(r"spent\s+\d[.\de-]* CPU-h *\n", result.output), result.output
     assert "forecast" not in result.output  # it finished: nothing left to forecast
 
 

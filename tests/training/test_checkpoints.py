@@ -11,7 +11,7 @@ import torch
 
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
-from hpo_service.training.engine import train
+from hpo_service.training.engine import REPLAYED_KEY, train
 from hpo_service.training.modeling import tokenize
 from hpo_service.training.trainable import RayCheckpoints, TrialSetup
 
@@ -54,7 +54,7 @@ def test_a_resumed_trial_continues_exactly_where_it_stopped(setup: TrialSetup) -
     train(setup, CONFIG, resumed.append, CPU, checkpoints=MemoryCheckpoints(saved.saved[1]))
 
     assert [r["epoch"] for r in resumed] == [2, 3]  # epoch 2 reported again, not trained again
-    assert resumed[0] == straight[1]
+    assert resumed[0] == {**straight[1], REPLAYED_KEY: True}  # marked: not trained again
     for key in ("eval_loss", "train_loss", "accuracy"):
         assert resumed[1][key] == pytest.approx(straight[2][key], rel=1e-6), key
 
@@ -64,7 +64,7 @@ def test_a_trial_cut_off_after_its_last_save_reports_it_again(setup: TrialSetup)
     train(setup, CONFIG, lambda _: None, CPU, checkpoints=saved)
     reports: list[dict[str, Any]] = []
     train(setup, CONFIG, reports.append, CPU, checkpoints=MemoryCheckpoints(saved.saved[-1]))
-    assert reports == [saved.saved[-1]["report"]]
+    assert reports == [{**saved.saved[-1]["report"], REPLAYED_KEY: True}]
 
 
 def test_ray_checkpoints_restore_what_was_saved(setup: TrialSetup, tmp_path: Path) -> None:
