@@ -268,7 +268,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     kinds = list(dict.fromkeys(r["kind"] for r in result["rows"]))
-    figure, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4))
+    figure, axes = plt.subplots(len(kinds), 1, figsize=(9, 2.4 * len(kinds)))
     for ax, kind in zip(axes, kinds, strict=True):
         rows = [r for r in result["rows"] if r["kind"] == kind]
         ax.barh([r["runner"] for r in rows], [r["s_per_trial"] for r in rows])
