@@ -94,6 +94,10 @@ class FailedTrialLimit(Callback, Stopper):
     def reached(self) -> bool:
         return self.stop_all()
 
+    @property
+    def reason(self) -> str | None:
+        return "limits.max_failed_trials reached" if self.reached else None
+
 
 class CancelWatch(Stopper):
     """Stops the whole study once it is cancelled in the database (checked every few seconds)."""
@@ -114,6 +118,10 @@ class CancelWatch(Stopper):
             self._checked_at = now
             self._cancelled = self.store.get_study(self.study).status == StudyStatus.CANCELLED
         return self._cancelled
+
+    @property
+    def reason(self) -> str | None:
+        return "the study was cancelled" if self._cancelled else None
 
 
 class BudgetWatch(Callback, Stopper):

@@ -39,7 +39,7 @@ from hpo_service.core.records import (
 from hpo_service.core.settings import LOCAL_OBJECT_STORE_BYTES, Settings, unreachable
 from hpo_service.data import dataset_fingerprint, load_labelled_data
 from hpo_service.db.optuna_storage import optuna_storage
-from hpo_service.db.reconcile import CONFIRMS_ATTR, SEED_ATTR, reconcile
+from hpo_service.db.reconcile import CONFIRMS_ATTR, SEED_ATTR, fail_cut_off_trials, reconcile
 from hpo_service.db.store import Store
 from hpo_service.driver.fusion import MEMBER_CPUS, fused_member_trial, start_workers
 from hpo_service.driver.recorder import BudgetWatch, CancelWatch, FailedTrialLimit, TrialRecorder
@@ -277,7 +277,8 @@ def _fit(
     )
     source = definition.warm_start.study if definition.warm_start else None
     searcher.seed(source, warm_start_trials(definition, storage), definition.enqueue)
-    stoppers = [c for c in callbacks if isinstance(c, tune.Stopper)]
+    stoppers = [CancelWatch(store, definition.name)]
+    stoppers += [c for c in callbacks if isinstance(c, tune.Stopper)]
     packing = plan_packing(definition, device_facts(definition, setup))
     workers = []
     if packing.fuse_trials > 1:
@@ -311,7 +312,7 @@ def _fit(
             name=definition.name,
             storage_path=str(settings.work_dir / "ray_results"),
             callbacks=[TrialRecorder(store, definition.name, searcher), *callbacks],
-            stop=CombinedStopper(CancelWatch(store, definition.name), *stoppers),
+            stop=CombinedStopper(*stoppers),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -322,9 +323,15 @@ def _fit(
     finally:
         for worker in workers:
             ray.kill(worker)
-    if store.running_trial_numbers(definition.name):
-        # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say what happened.
+    if not store.running_trial_numbers(definition.name):
+        return
+    fired = [s for s in stoppers if s.stop_all()]
+    if not fired:  # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say so
         raise KeyboardInterrupt
+    # The study stopped them (cancelled, out of budget, too many failures): they failed, why.
+    why = "; ".join(getattr(s, "reason", None) or type(s).__name__ for s in fired)
+    reason = f"cut off when the study stopped: {why}"
+    fail_cut_off_trials(store, storage, definition.name, reason)
 
 
 def device_facts(definition: StudyDefinition, setup: TrialSetup) -> DeviceFacts:
