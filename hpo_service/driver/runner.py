@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -318,6 +319,7 @@ def _fit(
             verbose=0,
         ),
     )
+    started = time.monotonic()
     try:
         tuner.fit()
     finally:
@@ -325,11 +327,14 @@ def _fit(
             ray.kill(worker)
     if not store.running_trial_numbers(definition.name):
         return
-    fired = [s for s in stoppers if s.stop_all()]
-    if not fired:  # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say so
+    reasons = [getattr(s, "reason", None) or type(s).__name__ for s in stoppers if s.stop_all()]
+    budget_s = None if confirming else definition.limits.time_budget_s
+    if budget_s is not None and time.monotonic() - started >= budget_s:
+        reasons.append("limits.time_budget_s reached")
+    if not reasons:  # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say so
         raise KeyboardInterrupt
-    # The study stopped them (cancelled, out of budget, too many failures): they failed, why.
-    why = "; ".join(getattr(s, "reason", None) or type(s).__name__ for s in fired)
+    # The study stopped them (cancelled, out of budget or time, too many failures): they failed.
+    why = "; ".join(reasons)
     reason = f"cut off when the study stopped: {why}"
     fail_cut_off_trials(store, storage, definition.name, reason)
 

@@ -79,7 +79,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's out-of-memory error, or the CPU allocator's failure under a memory limit."""
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "Cannot allocate memory" in text  # ENOMEM
+    )
 
 
 def fit_in_memory(

@@ -67,3 +67,35 @@ def test_a_study_stops_cleanly_at_its_budget_with_the_reason(
     theirs = optuna_trials(sqlite_url, "metered")
     assert len(theirs) == len(ran)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in theirs)
+
+
+@pytest.mark.usefixtures("ray_runtime")
+def test_a_study_out_of_time_ends_completed_with_no_trial_left_running(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    document = tiny_study(
+        "timed",
+        tiny_models["bert"],
+        sentiment_files,
+        parameters={
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "num_train_epochs": 3,
+        },
+        sampler={"type": "random", "seed": 1},
+        limits={"trials": 50, "time_budget_s": 4},
+    )
+    status, store = run(document, sqlite_url, tmp_path)
+    assert status == StudyStatus.COMPLETED
+    ran = store.trials("timed")
+    assert 1 <= len(ran) < 50
+    assert all(t.state != TrialState.RUNNING for t in ran)
+    cut = [t for t in ran if t.state == TrialState.FAILED]
+    # Cut off at the deadline: by Ray ("out of time") or, still running, by the driver
+    # ("limits.time_budget_s reached").
+    assert all(t.error and "time" in t.error for t in cut), cut
+    assert all(
+        t.state != optuna.trial.TrialState.RUNNING for t in optuna_trials(sqlite_url, "timed")
+    )
