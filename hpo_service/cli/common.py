@@ -126,14 +126,13 @@ def client_for(server: str | None, token: str | None) -> ServiceClient:
 
 def print_trials(title: str, metric: str, definition: dict[str, Any], trials: list[Any]) -> None:
     """A table of trials: the store's records or the API's, which share these field names. A
-    confirmation run shows the trial it repeats and its seed."""
+    confirmation run shows the trial it repeats and its seed; a trial out of memory at its batch
+    size, the micro-batch it trained at."""
     searched = searched_parameters(definition)
     columns = ("trial", "state", metric, "epochs", "seconds", *searched)
     rows = [
         (
-            str(trial.number)
-            if trial.confirms is None
-            else f"{trial.number} (confirms {trial.confirms}, seed {trial.params.get('seed')})",
+            trial_label(trial),
             trial.state.value,
             format_number(trial.objective, ".4f"),
             str(trial.epochs),
@@ -143,6 +142,15 @@ def print_trials(title: str, metric: str, definition: dict[str, Any], trials: li
         for trial in trials
     ]
     print_table(columns, rows, title=title)
+
+
+def trial_label(trial: Any) -> str:
+    notes = []
+    if trial.confirms is not None:
+        notes.append(f"confirms {trial.confirms}, seed {trial.params.get('seed')}")
+    if trial.micro_batch_size is not None:
+        notes.append(f"micro-batch {trial.micro_batch_size}")
+    return f"{trial.number} ({'; '.join(notes)})" if notes else str(trial.number)
 
 
 def print_table(

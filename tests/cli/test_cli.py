@@ -126,3 +126,30 @@ def test_best_of_unknown_study(tmp_path: Path) -> None:
 def test_best_rejects_unknown_format(tmp_path: Path) -> None:
     result = hpo("best", "s", "--format", "xml", "--database-url", f"sqlite:///{tmp_path}/x.db")
     assert_clear_failure(result, "xml")
+
+
+def test_trials_tables_mark_confirmation_runs_and_smaller_micro_batches() -> None:
+    from datetime import UTC, datetime
+
+    from hpo_service.cli.common import trial_label
+    from hpo_service.core.records import TrialRecord, TrialState
+
+    def trial(number: int, **extra: object) -> TrialRecord:
+        scores = dict.fromkeys(("objective", "accuracy", "f1", "matthews_corrcoef", "eval_loss"))
+        return TrialRecord(
+            number=number,
+            state=TrialState.COMPLETE,
+            params={"seed": 10_001},
+            epochs=1,
+            started_at=datetime.now(UTC),
+            finished_at=None,
+            error=None,
+            **scores,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    assert trial_label(trial(3)) == "3"
+    assert trial_label(trial(7, confirms=2)) == "7 (confirms 2, seed 10001)"
+    assert trial_label(trial(8, confirms=2, micro_batch_size=4)) == (
+        "8 (confirms 2, seed 10001; micro-batch 4)"
+    )
