@@ -152,7 +152,7 @@ def growth(backend: str, trials: int, repeats: int, folder: Path) -> dict[str, A
         size = database_bytes(url)
         print(f"{backend}: {trials} trials written in {insert_s:.1f} s", flush=True)
         service = Service(url, folder / "work", [folder])
-        service.env["HPO_SCHEDULER_INTERVAL_S"] = "3600"
+        service.env["HPO_MAX_RUNNING_STUDIES"] = "0"  # the service runs no study
         requests: dict[str, dict[str, float]] = {}
         with service:
             client = service.client

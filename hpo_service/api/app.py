@@ -32,12 +32,14 @@ from hpo_service.service.scheduler import Scheduler
 
 
 def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
-    """The service on ``settings``; ``schedule=False`` serves the API without running studies."""
+    """The service on ``settings``; ``schedule=False`` (or ``max_running_studies`` 0) serves
+    the API without running studies, and without touching those another service runs."""
     store = Store.open(settings.database_url)  # refuses an outdated schema before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(settings, store) if schedule else None
+        running = schedule and settings.max_running_studies > 0
+        scheduler = Scheduler(settings, store) if running else None
         app.state.scheduler = scheduler
         if scheduler is not None:
             scheduler.start()

@@ -60,7 +60,12 @@ class Settings(BaseSettings):
     work_dir: Path = Path(".hpo")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    max_running_studies: int = Field(default=1, ge=1)
+    max_running_studies: int = Field(
+        default=1,
+        ge=0,
+        description="Studies this service runs at once; 0: it runs none (an API-only replica "
+        "beside a service that runs them, or a paused queue).",
+    )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path.cwd()],
         description="Folders that submitted dataset paths may point into (os.pathsep-separated).",

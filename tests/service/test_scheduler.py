@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,20 @@ def test_a_wake_starts_a_queued_study_without_waiting_for_the_interval(
         assert launcher.names() == ["prompt"]
     finally:
         service.stop()
+
+
+def test_a_service_that_runs_no_studies_leaves_queued_and_running_ones_alone(
+    store: Store, sqlite_url: str, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from hpo_service.api.app import create_app
+
+    submit(store, "elsewhere", "waiting")
+    store.set_status("elsewhere", StudyStatus.RUNNING)  # its driver belongs to another service
+    settings = Settings(database_url=sqlite_url, work_dir=tmp_path, max_running_studies=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.app.state.scheduler is None  # type: ignore[attr-defined]
+        assert client.get("/healthz").status_code == 200
+    assert store.get_study("elsewhere").status == StudyStatus.RUNNING
+    assert store.get_study("waiting").status == StudyStatus.QUEUED
