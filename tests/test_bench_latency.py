@@ -25,8 +25,6 @@ def load(name: str) -> ModuleType:
 
 @pytest.mark.slow
 def test_latency_measures_every_endpoint(shared_data: Path, tmp_path: Path) -> None:
-    if importlib.util.find_spec("locust") is None:  # not imported: it monkey-patches the process
-        pytest.skip("locust is not installed (the latency benchmark's own requirement)")
     latency = load("latency")
     argv = ["--backends", "sqlite", "--trials", "50", "--clients", "2", "--reads", "6"]
     argv += ["--submissions", "4", "--phase-limit", "60", "--data", str(shared_data)]
