@@ -88,18 +88,12 @@ class Budget(BaseModel):
         def hours(spend: Spend) -> Hours:
             return Hours(cpu_hours=spend.cpu_hours, gpu_hours=spend.gpu_hours)
 
-        limits = Hours(cpu_hours=definition.limits.cpu_hours, gpu_hours=definition.limits.gpu_hours)
         if not active:  # it ended: nothing more to run or spend
-            return cls(
-                spent=hours(forecast.spent),
-                limits=limits,
-                remaining_trials=0,
-                seconds_to_finish=0.0,
-                at_end=hours(forecast.spent),
-            )
+            forecast = Forecast(forecast.spent, 0, 0.0, forecast.spent)
+        limits = definition.limits
         return cls(
             spent=hours(forecast.spent),
-            limits=limits,
+            limits=Hours(cpu_hours=limits.cpu_hours, gpu_hours=limits.gpu_hours),
             remaining_trials=forecast.remaining_trials,
             seconds_to_finish=forecast.seconds_to_finish,
             at_end=None if forecast.at_end is None else hours(forecast.at_end),

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hpo_service.core.definition import Objective
+from hpo_service.core.definition import METRICS, Objective
 
 FLOAT_SLACK = 1e-9  # 0.92 - 0.90 is 0.0200000000000000018 in floats: still within 0.02
 Statistic = Literal["mean", "mean-std", "worst"]
@@ -79,7 +79,7 @@ def judge(
     measured = Measured.read(best, name)
     if measured is None:
         return Verdict(False, f"study {study} has no metric {name!r}")
-    lower_is_better = Objective(metric=name).mode == "minimize" if _known(name) else False
+    lower_is_better = name in METRICS and Objective(metric=name).mode == "minimize"  # type: ignore[arg-type]
     value = measured.statistic(statistic, lower_is_better)
     label = name if measured.seeds == 1 or statistic == "mean" else f"{name} ({statistic})"
     shown = f"study {study} trial {best['trial']}: {name} {measured.shown()}"
@@ -109,11 +109,3 @@ def judge(
         checks.append(f"within {slack} of the baseline's {before.shown()}")
     passed = ", ".join(c for c in checks if c)
     return Verdict(True, f"{shown} passes" + (f" ({passed})" if passed else ""))
-
-
-def _known(name: str) -> bool:
-    try:
-        Objective(metric=name)  # type: ignore[arg-type]
-    except ValueError:
-        return False
-    return True

@@ -94,12 +94,13 @@ def fit_in_memory(
     ``InfeasibleTrialError``."""
     micro = int(config.get("batch_size") or KNOBS["batch_size"].default)
     accumulation = int(config.get("gradient_accumulation_steps") or 1)
+    asked = (micro, accumulation)
     reported = False
 
     def report_fit(result: dict[str, Any]) -> None:
         nonlocal reported
         reported = reported or not result.get(engine.REPLAYED_KEY)  # this attempt trained
-        if micro != config.get("batch_size"):
+        if (micro, accumulation) != asked:  # it fell back to a smaller micro-batch
             result = {**result, "micro_batch_size": micro, "accumulation_used": accumulation}
         report(result)
 
