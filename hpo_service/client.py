@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from hpo_service.api.schemas import (
+    ParetoFront,
     StudyDetail,
     StudyPage,
     StudySummary,
@@ -75,6 +76,10 @@ class ServiceClient:
 
     def trial(self, name: str, number: int) -> TrialDetail:
         return self._model(TrialDetail, "GET", f"{_study_path(name)}/trials/{number}")
+
+    def pareto_front(self, name: str) -> ParetoFront:
+        """The study's Pareto front over its objectives, and the trial its rule picks."""
+        return self._model(ParetoFront, "GET", f"{_study_path(name)}/pareto-front")
 
     def best(self, name: str, fmt: str = "json") -> str:
         """The best configuration as the server renders it in ``fmt`` (``json``, ``yaml``)."""

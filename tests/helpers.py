@@ -66,6 +66,15 @@ def run(document: dict, database_url: str, tmp_path: Path) -> tuple[StudyStatus,
     return record.status, Store.open(settings.database_url)
 
 
-def optuna_trials(database_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+def optuna_study(database_url: str, name: str) -> optuna.Study:
     url = Settings(database_url=database_url).database_url
-    return optuna.load_study(study_name=name, storage=url).trials
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def optuna_trials(database_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna_study(database_url, name).trials
+
+
+def without_time(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch reports less ``train_seconds`` (wall time: never the same twice)."""
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in reports]

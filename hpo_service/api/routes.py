@@ -11,6 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from hpo_service.api.schemas import (
     Budget,
     Message,
+    ParetoFront,
+    Pick,
     Preset,
     StudyDetail,
     StudyPage,
@@ -19,10 +21,12 @@ from hpo_service.api.schemas import (
     TrialPage,
     TrialSummary,
     ValidationErrors,
+    objectives_of,
 )
 from hpo_service.core.budget import forecast
 from hpo_service.core.definition import NAME_PATTERN, StudyDefinition
 from hpo_service.core.errors import DefinitionError, PayloadTooLargeError
+from hpo_service.core.pareto import describe, pick
 from hpo_service.core.presets import list_presets, load_preset, parse_document
 from hpo_service.core.records import StudyStatus
 from hpo_service.core.settings import Settings
@@ -179,6 +183,26 @@ def get_trial(
 ) -> TrialDetail:
     """One trial with its learning curve (one evaluation per epoch)."""
     return TrialDetail.of(store.trial(name, number))
+
+
+@router.get("/studies/{name}/pareto-front", response_model=ParetoFront, responses=ERRORS)
+def get_pareto_front(name: StudyName, store: StoreDep) -> ParetoFront:
+    """The study's Pareto front over its objectives, and the trial its `pick` rule picks (with
+    one objective: its best trials, equal on it)."""
+    record = store.get_study(name)
+    goals, rule = record.goals, record.picking
+    front = store.pareto_front(name)
+    picked = pick(front, goals, rule)
+    return ParetoFront(
+        objectives=objectives_of(record),
+        pick=Pick(
+            rule=rule.rule,
+            tolerance=rule.tolerance,
+            description=describe(goals, rule),
+            trial=None if picked is None else picked.number,
+        ),
+        items=[TrialSummary.of(t) for t in front],
+    )
 
 
 @router.get(

@@ -18,6 +18,10 @@ class Objective(BaseModel):
     direction: str
 
 
+def objectives_of(study: StudyRecord) -> list[Objective]:
+    return [Objective(metric=goal.metric, direction=goal.mode) for goal in study.goals]
+
+
 class Progress(BaseModel):
     finished: int = Field(description="Trials complete, early-stopped or failed.")
     total: int = Field(
@@ -35,10 +39,16 @@ class BestSoFar(BaseModel):
 class StudySummary(BaseModel):
     name: str
     status: StudyStatus
-    objective: Objective
+    objective: Objective = Field(description="The primary objective.")
+    objectives: list[Objective] = Field(
+        description="Every objective, the primary first: one unless the study has `objectives`."
+    )
     trial_counts: dict[TrialState, int]
     progress: Progress
-    best: BestSoFar | None = Field(description="The best trial that ran its full budget.")
+    best: BestSoFar | None = Field(
+        description="The best trial that ran its full budget; with several objectives, the "
+        "point of the Pareto front that the study's `pick` rule picks."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -51,6 +61,7 @@ class StudySummary(BaseModel):
             name=study.name,
             status=study.status,
             objective=Objective(metric=study.objective_metric, direction=study.direction),
+            objectives=objectives_of(study),
             trial_counts=study.trial_counts,
             progress=Progress(
                 finished=finished,
@@ -170,6 +181,23 @@ class TrialPage(BaseModel):
     total: int
     offset: int
     limit: int
+
+
+class Pick(BaseModel):
+    rule: str
+    tolerance: float | None
+    description: str = Field(description="The rule in words.")
+    trial: int | None = Field(description="The trial it picks; null before one is complete.")
+
+
+class ParetoFront(BaseModel):
+    """The complete search trials no other complete trial beats on every objective."""
+
+    objectives: list[Objective]
+    pick: Pick
+    items: list[TrialSummary] = Field(
+        description="Best first on the primary objective (ties by the next)."
+    )
 
 
 class Preset(BaseModel):

@@ -124,17 +124,20 @@ def client_for(server: str | None, token: str | None) -> ServiceClient:
     return ServiceClient(server or DEFAULT_URL, token)
 
 
-def print_trials(title: str, metric: str, definition: dict[str, Any], trials: list[Any]) -> None:
-    """A table of trials: the store's records or the API's, which share these field names. A
-    confirmation run shows the trial it repeats and its seed; a trial out of memory at its batch
-    size, the micro-batch it trained at."""
+def print_trials(
+    title: str, metrics: list[str], definition: dict[str, Any], trials: list[Any]
+) -> None:
+    """A table of trials: the store's records or the API's, which share these field names. One
+    column per objective ``metrics`` names (the primary first). A confirmation run shows the
+    trial it repeats and its seed; a trial out of memory at its batch size, the micro-batch it
+    trained at."""
     searched = searched_parameters(definition)
-    columns = ("trial", "state", metric, "epochs", "seconds", *searched)
+    columns = ("trial", "state", *metrics, "epochs", "seconds", *searched)
     rows = [
         (
             trial_label(trial),
             trial.state.value,
-            format_number(trial.objective, ".4f"),
+            *(format_number(metric_value(trial, m), ".4f") for m in metrics),
             str(trial.epochs),
             format_number(trial.duration_s, ".1f"),
             *(short_value(trial.params.get(p)) for p in searched),
@@ -142,6 +145,12 @@ def print_trials(title: str, metric: str, definition: dict[str, Any], trials: li
         for trial in trials
     ]
     print_table(columns, rows, title=title)
+
+
+def metric_value(trial: Any, metric: str) -> float | None:
+    """A metric of a store record (a dict of metrics) or an API trial (a model of them)."""
+    metrics = trial.metrics
+    return metrics[metric] if isinstance(metrics, dict) else getattr(metrics, metric)
 
 
 def trial_label(trial: Any) -> str:

@@ -89,7 +89,8 @@ def _print_results(store: Any, name: str) -> None:
 
     record = store.get_study(name)
     title = f"{name}: {record.status.value}"
-    print_trials(title, record.objective_metric, record.resolved_definition, store.trials(name))
+    metrics = [goal.metric for goal in record.goals]
+    print_trials(title, metrics, record.resolved_definition, store.trials(name))
     if record.error:
         err.print(f"[red]study error:[/red] {record.error}", highlight=False)
     if store.best_trial(name) is None:

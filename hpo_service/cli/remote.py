@@ -162,6 +162,15 @@ def studies(
         out.print(f"studies {offset + 1}-{shown} of {page.total}; --offset {shown} shows more")
 
 
+def _pick_rule(study: StudyDetail) -> str:
+    """With several objectives, the rule that picks the best point (see `hpo pareto`)."""
+    if len(study.objectives) < 2:
+        return ""
+    rule = study.resolved_definition.get("pick") or {"rule": "lexicographic"}
+    within = f" {rule['tolerance']}" if rule.get("tolerance") is not None else ""
+    return f"{rule['rule']}{within} over the Pareto front (hpo pareto {study.name})"
+
+
 @app.command()
 @clear_errors
 def status(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
@@ -173,8 +182,9 @@ def status(name: StudyName, server: ServerUrl = None, token: ApiToken = None) ->
         "status": study.status.value,
         "progress": f"{progress.finished}/{progress.total} trials ({progress.fraction:.0%})",
         "trials": _counts(study) or "none yet",
-        "objective": f"{study.objective.direction} {study.objective.metric}",
+        "objective": ", ".join(f"{o.direction} {o.metric}" for o in study.objectives),
         "best": "none yet" if study.best is None else _best(study),
+        "picked by": _pick_rule(study),
         "spent": _hours(study.budget.spent, study.budget.limits),
         "forecast": _forecast(study.budget),
         "submitted": format_time(study.created_at),
@@ -198,7 +208,25 @@ def trials(name: StudyName, server: ServerUrl = None, token: ApiToken = None) ->
         study = client.study(name)
         items = client.all_trials(name)
     title = f"{name}: {study.status.value}"
-    print_trials(title, study.objective.metric, study.resolved_definition, items)
+    metrics = [objective.metric for objective in study.objectives]
+    print_trials(title, metrics, study.resolved_definition, items)
+
+
+@app.command()
+@clear_errors
+def pareto(name: StudyName, server: ServerUrl = None, token: ApiToken = None) -> None:
+    """A study's Pareto front over its objectives, and the trial its `pick` rule picks."""
+    with client_for(server, token) as client:
+        study = client.study(name)
+        front = client.pareto_front(name)
+    shown = ", ".join(f"{o.metric} ({o.direction})" for o in front.objectives)
+    title = f"{name}: Pareto front of {shown}"
+    metrics = [objective.metric for objective in front.objectives]
+    print_trials(title, metrics, study.resolved_definition, front.items)
+    if front.pick.trial is None:
+        err.print("[yellow]no complete trial yet: no Pareto front[/yellow]")
+        return
+    out.print(f"picked: trial {front.pick.trial}, {front.pick.description}", highlight=False)
 
 
 @app.command()

@@ -27,10 +27,13 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the databases' BIGINT columns hold
 MAX_GRID_POINTS = 100_000
 
-Metric = Literal["accuracy", "f1", "matthews_corrcoef", "eval_loss"]
+Metric = Literal["accuracy", "f1", "matthews_corrcoef", "eval_loss", "train_seconds"]
 # Every metric a trial reports after each epoch: the one list that tables, records, the API,
-# the training code and the best-config document follow.
+# the training code and the best-config document follow. The first four are scores on the
+# evaluation set; `train_seconds` is the wall time the trial has trained and evaluated so far.
 METRICS: tuple[Metric, ...] = get_args(Metric)
+# Metrics where lower is better: their objectives minimise unless told otherwise.
+LOWER_IS_BETTER: frozenset[Metric] = frozenset({"eval_loss", "train_seconds"})
 Direction = Literal["maximize", "minimize"]
 Scalar = bool | int | float | str
 
@@ -382,18 +385,52 @@ class DatasetSpec(_Spec):
 
 
 class Objective(_Spec):
-    """The metric the study optimizes, measured on the evaluation set after each epoch."""
+    """The metric the study optimizes, measured after each epoch."""
 
     metric: Metric = "accuracy"
     direction: Direction | None = Field(
-        default=None, description="Defaults to minimize for eval_loss, maximize otherwise."
+        default=None,
+        description="Defaults to minimize for eval_loss and train_seconds, maximize otherwise.",
     )
 
     @property
     def mode(self) -> Direction:
         if self.direction is not None:
             return self.direction
-        return "minimize" if self.metric == "eval_loss" else "maximize"
+        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
+
+    def resolved(self) -> Objective:
+        """The same objective with its direction spelled out."""
+        return Objective(metric=self.metric, direction=self.mode)
+
+
+class Pick(_Spec):
+    """How a study with several objectives picks its best configuration from its Pareto front
+    (the complete trials no other complete trial beats on every objective)."""
+
+    rule: Literal["lexicographic", "within"] = Field(
+        default="lexicographic",
+        description="`lexicographic`: the best on the first objective, ties broken by the next. "
+        "`within`: of the front's trials whose first objective is within `tolerance` of the "
+        "front's best, the best on the second objective (ties by the next, then the first).",
+    )
+    tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="For `within`: how far from the best first objective, in its units "
+        "(accuracy 0.005 is half a point).",
+    )
+
+    @model_validator(mode="after")
+    def _check_tolerance(self) -> Pick:
+        if self.rule == "within" and self.tolerance is None:
+            raise ValueError("the `within` rule needs a `tolerance`")
+        if self.rule == "lexicographic" and self.tolerance is not None:
+            raise ValueError(
+                f"`tolerance` is for the `within` rule, not `lexicographic` "
+                f"(got tolerance={self.tolerance})"
+            )
+        return self
 
 
 class TpeSampler(_Spec):
@@ -548,6 +585,7 @@ class Confirm(_Spec):
 
 MAX_FUSED_TRIALS = 64
 MAX_ENQUEUED = 100
+MAX_OBJECTIVES = 4
 DEFAULT_TRIALS = 10
 
 
@@ -560,6 +598,18 @@ class StudyDefinition(_Spec):
     model: ModelSpec = ModelSpec()
     dataset: DatasetSpec
     objective: Objective = Objective()
+    objectives: list[Objective] = Field(
+        default_factory=list,
+        max_length=MAX_OBJECTIVES,
+        description="Several objectives at once (2 to 4, e.g. accuracy up and train_seconds "
+        "down): the sampler searches for their Pareto front and `pick` chooses one point of "
+        "it. The first is the primary objective: early stopping and `objective` follow it.",
+    )
+    pick: Pick | None = Field(
+        default=None,
+        description="With `objectives`: how the best configuration is picked from the Pareto "
+        "front (default: lexicographic).",
+    )
     parameters: Parameters = Parameters()
     sampler: Sampler = TpeSampler(type="tpe")
     early_stopping: EarlyStopping = NoEarlyStopping(type="none")
@@ -578,6 +628,51 @@ class StudyDefinition(_Spec):
         description="A confirmation stage after the search; its runs come on top of "
         "`limits.trials`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_objective(cls, data: Any) -> Any:
+        """With ``objectives``, ``objective`` is their first one unless given (then it must be
+        the same)."""
+        if isinstance(data, dict) and data.get("objectives") and "objective" not in data:
+            first = data["objectives"][0]
+            return {**data, "objective": first} if isinstance(first, dict | Objective) else data
+        return data
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> StudyDefinition:
+        if not self.objectives:
+            if self.pick is not None:
+                raise ValueError("`pick` chooses among several `objectives`; give `objectives`")
+            return self
+        if len(self.objectives) < 2:
+            raise ValueError(
+                "`objectives` takes 2 or more; give a single one in `objective` instead"
+            )
+        metrics = [o.metric for o in self.objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"`objectives` names a metric twice: {metrics}")
+        if self.objective.resolved() != self.objectives[0].resolved():
+            raise ValueError(
+                "`objective` is the first of `objectives` (the primary one); leave it out or "
+                f"make it {self.objectives[0].metric} ({self.objectives[0].mode})"
+            )
+        if self.confirm is not None:
+            raise ValueError(
+                "`confirm` ranks configurations by one objective; a study with several "
+                "`objectives` cannot have a confirmation stage yet"
+            )
+        return self
+
+    @property
+    def goals(self) -> list[Objective]:
+        """Every objective the study optimises, directions spelled out: the primary first."""
+        return [o.resolved() for o in self.objectives or [self.objective]]
+
+    @property
+    def picking(self) -> Pick:
+        """The rule that picks the best of several objectives' Pareto front."""
+        return self.pick or Pick()
 
     @model_validator(mode="after")
     def _check_search(self) -> StudyDefinition:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hpo_service.core.definition import METRICS, Objective
+from hpo_service.core.definition import LOWER_IS_BETTER
 
 FLOAT_SLACK = 1e-9  # 0.92 - 0.90 is 0.0200000000000000018 in floats: still within 0.02
 Statistic = Literal["mean", "mean-std", "worst"]
@@ -79,7 +79,7 @@ def judge(
     measured = Measured.read(best, name)
     if measured is None:
         return Verdict(False, f"study {study} has no metric {name!r}")
-    lower_is_better = name in METRICS and Objective(metric=name).mode == "minimize"  # type: ignore[arg-type]
+    lower_is_better = name in LOWER_IS_BETTER
     value = measured.statistic(statistic, lower_is_better)
     label = name if measured.seeds == 1 or statistic == "mean" else f"{name} ({statistic})"
     shown = f"study {study} trial {best['trial']}: {name} {measured.shown()}"

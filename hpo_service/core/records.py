@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from hpo_service.core.definition import METRICS, StudyDefinition
+from hpo_service.core.definition import METRICS, Objective, Pick, StudyDefinition
 from hpo_service.core.errors import DefinitionError
 
 
@@ -70,6 +70,7 @@ class EpochRecord(BaseModel):
     f1: float | None
     matthews_corrcoef: float | None
     eval_loss: float | None
+    train_seconds: float | None = None  # None in a trial recorded before revision 0004
     train_loss: float | None
 
 
@@ -85,6 +86,7 @@ class TrialRecord(BaseModel):
     f1: float | None
     matthews_corrcoef: float | None
     eval_loss: float | None
+    train_seconds: float | None = None  # None in a trial recorded before revision 0004
     epochs: int
     started_at: datetime
     finished_at: datetime | None
@@ -136,6 +138,28 @@ class StudyRecord(BaseModel):
     trial_counts: dict[TrialState, int]
     run_environment: RunEnvironment | None
 
+    @property
+    def goals(self) -> list[Objective]:
+        """Every objective, the primary first (one unless the study has ``objectives``)."""
+        return goals_of(self.resolved_definition)
+
+    @property
+    def picking(self) -> Pick:
+        """The rule that picks the best point of several objectives' Pareto front."""
+        return picking_of(self.resolved_definition)
+
+
+def goals_of(resolved_definition: dict[str, Any]) -> list[Objective]:
+    """The objectives of a stored (resolved) definition, directions spelled out, without
+    validating the whole of it."""
+    several = resolved_definition.get("objectives")
+    raw = several or [resolved_definition.get("objective") or {}]
+    return [Objective.model_validate(o).resolved() for o in raw]
+
+
+def picking_of(resolved_definition: dict[str, Any]) -> Pick:
+    return Pick.model_validate(resolved_definition.get("pick") or {})
+
 
 def check_warm_start(
     definition: StudyDefinition, find_study: Callable[[str], StudyRecord | None]
@@ -150,13 +174,15 @@ def check_warm_start(
         raise DefinitionError("warm_start.study", f"there is no study named {name!r}")
     if name == definition.name:
         raise DefinitionError("warm_start.study", "a study cannot warm-start from itself")
-    theirs = (source.objective_metric, source.direction)
-    ours = (definition.objective.metric, definition.objective.mode)
-    if theirs != ours:
+    if source.goals != definition.goals:
         raise DefinitionError(
             "warm_start.study",
-            f"study {name!r} optimises {theirs[0]} ({theirs[1]}), this one {ours[0]} ({ours[1]})",
+            f"study {name!r} optimises {_shown(source.goals)}, this one {_shown(definition.goals)}",
         )
+
+
+def _shown(goals: list[Objective]) -> str:
+    return ", ".join(f"{goal.metric} ({goal.mode})" for goal in goals)
 
 
 class TokenRecord(BaseModel):

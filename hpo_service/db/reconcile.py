@@ -53,6 +53,7 @@ def reconcile(store: Store, storage: optuna.storages.BaseStorage, study: str) ->
     except KeyError:  # the driver died before Optuna heard of the study
         numbers = store.interrupt_running_trials(study, INTERRUPTED)
         return Reconciliation(interrupted=numbers, adopted_from_optuna=[], told_to_optuna=[])
+    goals = store.get_study(study).goals
     interrupted, adopted, told = [], [], []
     for theirs in optuna_study.get_trials(deepcopy=False):
         mine = ours.get(theirs.number)
@@ -62,7 +63,7 @@ def reconcile(store: Store, storage: optuna.storages.BaseStorage, study: str) ->
                 adopted.append(theirs.number)
         elif theirs.state == OptunaState.RUNNING:
             if mine is not None and mine.state.is_finished:
-                _tell(storage, theirs, mine)
+                _tell(storage, theirs, mine, [goal.metric for goal in goals])
                 told.append(theirs.number)
             else:
                 _interrupt(store, storage, optuna_study, study, theirs, mine)
@@ -81,10 +82,19 @@ def _adopt(store: Store, study: str, mine: TrialRecord, theirs: FrozenTrial) -> 
     store.finish_trial(study, mine.number, _OURS_FROM_OPTUNA[theirs.state], error)
 
 
-def _tell(storage: optuna.storages.BaseStorage, theirs: FrozenTrial, mine: TrialRecord) -> None:
-    """Ours recorded how the trial ended, Optuna did not: tell it."""
+def _tell(
+    storage: optuna.storages.BaseStorage,
+    theirs: FrozenTrial,
+    mine: TrialRecord,
+    metrics: list[str],
+) -> None:
+    """Ours recorded how the trial ended, Optuna did not: tell it (every objective's value
+    when the study has several ``metrics``)."""
     state = _OPTUNA_FROM_OURS[mine.state]
-    values = [mine.objective] if state == OptunaState.COMPLETE else None
+    values = None
+    if state == OptunaState.COMPLETE:
+        several = [mine.metrics[m] for m in metrics] if len(metrics) > 1 else None
+        values = several or [mine.objective]
     storage.set_trial_state_values(theirs._trial_id, state, values)
 
 

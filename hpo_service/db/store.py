@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from hpo_service.core.budget import TrialTimes
 from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.errors import AlreadyExistsError, NotFoundError, StorageError
+from hpo_service.core.pareto import pareto_front, pick
 from hpo_service.core.records import (
     EpochRecord,
     RunEnvironment,
@@ -22,6 +23,8 @@ from hpo_service.core.records import (
     TokenRecord,
     TrialRecord,
     TrialState,
+    goals_of,
+    picking_of,
 )
 from hpo_service.db.migrate import ensure_schema
 from hpo_service.db.tables import ApiTokenRow, EpochRow, StudyRow, TrialRow, utcnow
@@ -165,6 +168,9 @@ class Store:
             ids = [row.id for row in rows]
             counts = _trial_counts(session, ids)
             best = {t.study_id: _trial_record(t, False) for t in session.scalars(_best_trials(ids))}
+            for row in rows:  # several objectives: the picked point of each one's front
+                if len(goals_of(row.resolved_definition)) > 1 and (picked := _picked(session, row)):
+                    best[row.id] = picked
             page = [(_study_record(row, counts[row.id]), best.get(row.id)) for row in rows]
         return page, total
 
@@ -355,13 +361,27 @@ class Store:
 
     def best_trial(self, study: str) -> TrialRecord | None:
         """The search's best trial that ran its whole budget; early-stopped trials and
-        confirmation runs never rank."""
+        confirmation runs never rank. With several objectives: the point of the Pareto front
+        that the study's ``pick`` rule picks."""
         with self._session() as session:
             row = self._study_row(session, study)
-            best = session.scalars(
-                _best_trials([row.id]).options(selectinload(TrialRow.epoch_results))
-            ).first()
+            if len(goals_of(row.resolved_definition)) > 1:
+                picked = _picked(session, row)
+                number = picked.number if picked is not None else -1
+                query = select(TrialRow).where(
+                    TrialRow.study_id == row.id, TrialRow.number == number
+                )
+            else:
+                query = _best_trials([row.id])
+            best = session.scalars(query.options(selectinload(TrialRow.epoch_results))).first()
             return _trial_record(best, with_curve=True) if best is not None else None
+
+    def pareto_front(self, study: str) -> list[TrialRecord]:
+        """The study's Pareto-optimal complete search trials over its objectives (no learning
+        curves), best first on the primary objective: one query of its complete trials."""
+        with self._session() as session:
+            row = self._study_row(session, study)
+            return _front(session, row)
 
     # --- API tokens ----------------------------------------------------------------------------
 
@@ -452,6 +472,27 @@ def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
         .subquery()
     )
     return select(TrialRow).join(ranked, ranked.c.id == TrialRow.id).where(ranked.c.rank == 1)
+
+
+def _complete_rows(session: Session, study_id: int) -> list[TrialRow]:
+    """The study's complete search trials (confirmation runs left out)."""
+    query = select(TrialRow).where(
+        TrialRow.study_id == study_id,
+        TrialRow.state == TrialState.COMPLETE,
+        TrialRow.confirms.is_(None),
+    )
+    return list(session.scalars(query))
+
+
+def _front(session: Session, row: StudyRow) -> list[TrialRecord]:
+    trials = [_trial_record(t, False) for t in _complete_rows(session, row.id)]
+    return pareto_front(trials, goals_of(row.resolved_definition))
+
+
+def _picked(session: Session, row: StudyRow) -> TrialRecord | None:
+    """The trial that a study with several objectives picks from its Pareto front."""
+    goals = goals_of(row.resolved_definition)
+    return pick(_front(session, row), goals, picking_of(row.resolved_definition))
 
 
 def _study_record(row: StudyRow, trial_counts: dict[TrialState, int]) -> StudyRecord:

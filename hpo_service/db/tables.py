@@ -95,6 +95,7 @@ class TrialRow(Base):
     f1: Mapped[float | None] = mapped_column(Float)
     matthews_corrcoef: Mapped[float | None] = mapped_column(Float)
     eval_loss: Mapped[float | None] = mapped_column(Float)
+    train_seconds: Mapped[float | None] = mapped_column(Float)  # revision 0004
     epochs: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -124,6 +125,7 @@ class EpochRow(Base):
     f1: Mapped[float | None] = mapped_column(Float)
     matthews_corrcoef: Mapped[float | None] = mapped_column(Float)
     eval_loss: Mapped[float | None] = mapped_column(Float)
+    train_seconds: Mapped[float | None] = mapped_column(Float)  # revision 0004
     train_loss: Mapped[float | None] = mapped_column(Float)
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 

@@ -26,9 +26,16 @@ from ray.tune.schedulers import (
 from ray.tune.stopper import CombinedStopper
 
 from hpo_service.core.confirmation import candidates, confirmation_seeds, rank
-from hpo_service.core.definition import Asha, Hyperband, MedianStopping, StudyDefinition
+from hpo_service.core.definition import (
+    Asha,
+    Hyperband,
+    MedianStopping,
+    Objective,
+    StudyDefinition,
+)
 from hpo_service.core.errors import HpoError, RayUnavailableError
 from hpo_service.core.packing import DeviceFacts, plan_packing
+from hpo_service.core.pareto import describe
 from hpo_service.core.records import (
     ACTIVE_STATUSES,
     RunEnvironment,
@@ -53,6 +60,8 @@ from hpo_service.training.trainable import TrialSetup, train_trial
 GPU_PROBE_TIMEOUT_S = 300
 # Optuna's study user attribute with the confirmed best configuration, for the dashboard.
 CONFIRMED_BEST_ATTR = "hpo:confirmed_best"
+# ... and with several objectives, the point of the Pareto front that the `pick` rule picks.
+PICKED_BEST_ATTR = "hpo:picked_best"
 _RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Our own tables and Optuna's hold the results; skip Ray's CSV/JSON/TensorBoard files.
@@ -195,6 +204,8 @@ def _run(
             _fit(definition, remaining, settings, setup, store, stoppers)
         if definition.confirm and not failures.reached and not budget.used_up():
             _confirm(definition, settings, setup, store, stoppers)
+        if len(definition.goals) > 1:
+            _show_pick(definition, settings, store)
     except KeyboardInterrupt:
         reconcile(store, optuna_storage(settings.database_url), name)
         store.set_status(name, StudyStatus.CANCELLED, "interrupted", only_from=ACTIVE_STATUSES)
@@ -213,6 +224,19 @@ def _run(
     for checkpoint in (settings.work_dir / "ray_results" / name).glob("*/checkpoint_*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
     return store.get_study(name)
+
+
+def _show_pick(definition: StudyDefinition, settings: Settings, store: Store) -> None:
+    """Put the Pareto front's picked point, and the rule, into Optuna's study for the
+    dashboard (which draws the front itself)."""
+    picked = store.best_trial(definition.name)
+    if picked is None:
+        return
+    study = optuna.load_study(
+        study_name=definition.name, storage=optuna_storage(settings.database_url)
+    )
+    rule = describe(definition.goals, definition.picking)
+    study.set_user_attr(PICKED_BEST_ATTR, {"trial": picked.number, "rule": rule})
 
 
 def _confirm(
@@ -266,12 +290,14 @@ def _fit(
 ) -> None:
     """Run ``n_trials`` trials: the search's (sampled, stopped early as the definition says,
     within its time budget) or, ``confirming``, the enqueued confirmation runs (whole budget)."""
-    mode = "max" if definition.objective.mode == "maximize" else "min"
+    mode = _ray_mode(definition.objective)
+    goals = definition.goals
     storage = optuna_storage(settings.database_url)
     searcher = StudySearcher(
         space=optuna_distributions(definition),
-        metric="objective",
-        mode=mode,
+        # Several objectives: Optuna is told each one; else the primary, as "objective".
+        metric=[goal.metric for goal in goals] if len(goals) > 1 else "objective",
+        mode=[_ray_mode(goal) for goal in goals] if len(goals) > 1 else mode,
         sampler=optuna_sampler(definition),
         study_name=definition.name,
         storage=storage,
@@ -358,6 +384,10 @@ def device_facts(definition: StudyDefinition, setup: TrialSetup) -> DeviceFacts:
         trial_bytes=trial_bytes,
         member_bytes=member_bytes,
     )
+
+
+def _ray_mode(objective: Objective) -> str:
+    return "max" if objective.mode == "maximize" else "min"
 
 
 def _scheduler(definition: StudyDefinition, mode: str) -> TrialScheduler:

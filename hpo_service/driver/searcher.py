@@ -4,6 +4,10 @@ Ray's searcher tells a trial that ASHA stopped early as COMPLETE with its partia
 that failed after reporting as COMPLETE too, and drops the last intermediate value of a stopped
 trial. Here an early-stopped trial is PRUNED (with its whole learning curve), a failed one FAIL,
 so Optuna's best trial, its samplers and the dashboard all see the truth.
+
+With several objectives (``metric`` and ``mode`` lists) a complete trial is told every
+objective's value; Optuna keeps no learning curves for such studies (``Trial.report`` is
+single-objective), so none are reported: our tables keep them.
 """
 
 from __future__ import annotations
@@ -92,12 +96,22 @@ class StudySearcher(OptunaSearch):
                 create_trial(
                     params={name: trial.params[name] for name in self._space},
                     distributions=self._space,
-                    value=trial.value,
+                    values=trial.values,
                     user_attrs={WARM_START_ATTR: f"{source}#{trial.number}"},
                 )
             )
         for point in enqueue:
             self._ot_study.enqueue_trial(point, user_attrs={ENQUEUED_ATTR: True})
+
+    @property
+    def several(self) -> bool:
+        """Whether the study has several objectives (Optuna's ``directions``)."""
+        return isinstance(self.metric, list)
+
+    def _values(self, result: dict[str, Any]) -> float | list[float]:
+        if isinstance(self.metric, list):
+            return [result[metric] for metric in self.metric]
+        return result[self.metric]
 
     def trial_number(self, trial_id: str) -> int:
         return self._ot_trials[trial_id].number
@@ -117,7 +131,7 @@ class StudySearcher(OptunaSearch):
         if config is not None and RESUMES_ATTR in attrs:
             resume = {"trial": attrs[RESUMES_ATTR], "checkpoint": attrs.get(CHECKPOINT_ATTR)}
             config = {**config, RESUME_KEY: resume}
-            if resume["checkpoint"]:  # it goes on from that trial's epochs: show them
+            if resume["checkpoint"] and not self.several:  # it goes on from those epochs
                 self._copy_curve(trial_id, int(resume["trial"]))
         return config
 
@@ -129,11 +143,13 @@ class StudySearcher(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Steps are epochs (not Ray's iterations): a resumed trial starts past epoch 1.
-        if trial_id in self._completed_trials or self.metric not in result:
+        if trial_id in self._completed_trials or "objective" not in result:
             return
         step = _step(result)
         if "micro_batch_size" in result:  # out of memory at its batch size: shown in the dashboard
             self._ot_trials[trial_id].set_user_attr(MICRO_BATCH_ATTR, result["micro_batch_size"])
+        if self.several:
+            return
         self._ot_trials[trial_id].report(result[self.metric], step)
         self._reported_steps.setdefault(trial_id, set()).add(step)
 
@@ -151,8 +167,8 @@ class StudySearcher(OptunaSearch):
         outcome = trial_outcome(result, error)
         state, value = _OPTUNA_STATES[outcome], None
         if outcome == TrialState.COMPLETE:
-            value = result[self.metric]  # type: ignore[index]
-        elif outcome == TrialState.EARLY_STOPPED:
+            value = self._values(result)  # type: ignore[arg-type]
+        elif outcome == TrialState.EARLY_STOPPED and not self.several:
             step = _step(result)  # type: ignore[arg-type]
             if step not in self._reported_steps.get(trial_id, set()):
                 ot_trial.report(result[self.metric], step)  # type: ignore[index]

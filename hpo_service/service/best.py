@@ -15,12 +15,14 @@ from hpo_service import __version__
 from hpo_service.core.confirmation import RULE, Confirmed, confirmation_seeds, rank
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.errors import NotFoundError
+from hpo_service.core.pareto import describe
 from hpo_service.core.records import StudyRecord, TrialRecord
 from hpo_service.core.training_args import dropout_fields, training_arguments, trial_values
 from hpo_service.db.store import Store
 
-# v2 added `confirmation` (null without a confirmation stage); v1 readers keep working.
-SCHEMA = "hpo-service/best-config/v2"
+# v2 added `confirmation` (null without a confirmation stage); v3 added `objectives` (every
+# objective's value) and `pick` (null with one objective). v1 and v2 readers keep working.
+SCHEMA = "hpo-service/best-config/v3"
 Format = Literal["json", "yaml", "env", "training-args"]
 FORMATS: tuple[Format, ...] = ("json", "yaml", "env", "training-args")
 
@@ -40,7 +42,8 @@ def best_config(store: Store, study: str) -> dict[str, Any]:
     best = store.best_trial(study)
     if best is None:
         raise NotFoundError(f"study {study!r} has no complete trial yet")
-    return best_document(record, best)
+    front = store.pareto_front(study) if len(record.goals) > 1 else None
+    return best_document(record, best, front=front)
 
 
 def confirmation_section(ranked: list[Confirmed], seeds: list[int]) -> dict[str, Any]:
@@ -53,11 +56,26 @@ def confirmation_section(ranked: list[Confirmed], seeds: list[int]) -> dict[str,
     }
 
 
+def pick_section(study: StudyRecord, front: list[TrialRecord]) -> dict[str, Any]:
+    """How a study with several objectives picked its best point from its Pareto front."""
+    rule = study.picking
+    return {
+        "rule": rule.rule,
+        "tolerance": rule.tolerance,
+        "description": describe(study.goals, rule),
+        "pareto_front": [t.number for t in front],
+    }
+
+
 def best_document(
-    study: StudyRecord, trial: TrialRecord, confirmed: list[Confirmed] | None = None
+    study: StudyRecord,
+    trial: TrialRecord,
+    confirmed: list[Confirmed] | None = None,
+    front: list[TrialRecord] | None = None,
 ) -> dict[str, Any]:
     """The document for ``trial``; with ``confirmed`` (best first, ``trial`` the first's search
-    trial) its objective and metrics are the means over the confirmation runs."""
+    trial) its objective and metrics are the means over the confirmation runs; with ``front``
+    (several objectives) it says which rule picked ``trial`` from that Pareto front."""
     definition = StudyDefinition.model_validate(study.resolved_definition)
     values = trial_values(trial.params)
     value, metrics, confirmation = trial.objective, trial.metrics, None
@@ -82,6 +100,11 @@ def best_document(
             "direction": study.direction,
             "value": value,
         },
+        "objectives": [
+            {"metric": goal.metric, "direction": goal.mode, "value": metrics[goal.metric]}
+            for goal in study.goals
+        ],
+        "pick": None if front is None else pick_section(study, front),
         "metrics": metrics,
         "confirmation": confirmation,
         "parameters": values,

@@ -17,6 +17,7 @@ import gc
 import inspect
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -189,9 +190,12 @@ def epoch_report(
     epoch: int,
     epochs_planned: int,
     train_loss: float | None,
+    train_seconds: float,
 ) -> dict[str, Any]:
-    """What a trial reports to Ray after an epoch: the objective, every metric, the epoch (from
-    1), the epochs planned and the mean train loss of the epoch's optimizer steps."""
+    """What a trial reports to Ray after an epoch: the objective, every metric (the evaluation
+    ``scores`` and ``train_seconds``, the wall time trained and evaluated so far), the epoch
+    (from 1), the epochs planned and the mean train loss of the epoch's optimizer steps."""
+    scores = {**scores, "train_seconds": train_seconds}
     return {
         "objective": scores[metric],
         **{m: float(scores[m]) for m in METRICS},
@@ -317,11 +321,12 @@ def train(
         forward = torch.compile(model) if compile_model and device.type == "cuda" else model
         logits_of = model_logits(forward, autocast)
         train_split = data.train.to(device)
-        step, first_epoch = 1, 1
+        step, first_epoch, started = 1, 1, time.perf_counter()
         restored = checkpoints.restore() if checkpoints is not None else None
         if restored is not None:  # its epoch's report again: the crash may have lost it
             step, first_epoch = _load_state(restored, model, optimizer, scheduler)
             report({**restored["report"], REPLAYED_KEY: True})
+            started -= restored["report"].get("train_seconds") or 0.0  # the time before it
         for epoch in range(first_epoch, hyper.num_train_epochs + 1):
             model.train()
             batches = train_batches(train_split, hyper.batch_size, hyper.seed, epoch)
@@ -334,7 +339,14 @@ def train(
                 logits_of, data.eval, hyper.eval_batch_size, device, hyper.label_smoothing
             )
             train_loss = float(loss_sum) / steps
-            result = epoch_report(setup.metric, scores, epoch, hyper.num_train_epochs, train_loss)
+            result = epoch_report(
+                setup.metric,
+                scores,
+                epoch,
+                hyper.num_train_epochs,
+                train_loss,
+                time.perf_counter() - started,
+            )
             if checkpoints is not None:
                 checkpoints.save(_state(model, optimizer, scheduler, epoch, step, result))
             report(result)

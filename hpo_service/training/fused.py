@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class _Member:
     step: int = 0
     batches: list[Batch] = field(default_factory=list)
     loss_sum: torch.Tensor | float = 0.0  # of this epoch's steps, on the device
+    # When it joined the group: its train_seconds are the group's wall time since then.
+    joined: float = field(default_factory=time.perf_counter)
 
     @property
     def epochs(self) -> int:
@@ -187,7 +190,10 @@ class FusedTrainer:
             )
             train_loss = float(member.loss_sum) / member.steps_per_epoch
             member.loss_sum = 0.0
-            report = epoch_report(self.setup.metric, scores, epoch, member.epochs, train_loss)
+            seconds = time.perf_counter() - member.joined
+            report = epoch_report(
+                self.setup.metric, scores, epoch, member.epochs, train_loss, seconds
+            )
             reports.append((member.name, report))
             if epoch >= member.epochs:
                 self.remove(member.name)

@@ -156,6 +156,12 @@ def test_probes_presets_and_openapi(service: Service) -> None:
             "application/json",
             "warm_start.study",
         ),
+        (
+            '{"name": "x", "dataset": {"train": "nope.csv"}, '
+            '"objectives": [{"metric": "accuracy"}, {"metric": "speed"}]}',
+            "application/json",
+            "objectives.1.metric",
+        ),
     ],
 )
 def test_bad_submissions_are_422_naming_the_field(

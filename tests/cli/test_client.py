@@ -241,3 +241,69 @@ def _poll(service: Service, name: str, done: Any, timeout: float = 120) -> dict:
             return answer.json()
         time.sleep(0.5)
     raise TimeoutError(f"{name}: {answer.text}")
+
+
+@pytest.fixture(scope="module")
+def two_objectives(
+    service: Service,
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Result:
+    """`hpo submit --wait` of a four-trial study on accuracy up and training time down."""
+    path = write_study(
+        tmp_path_factory.mktemp("definitions"),
+        tiny_models["bert"],
+        sentiment_files,
+        "cli-pareto",
+        dataset={"max_train_samples": 64, "max_eval_samples": 32, "max_seq_length": 32},
+        objectives=[{"metric": "accuracy"}, {"metric": "train_seconds"}],
+        pick={"rule": "within", "tolerance": 0.1},
+        parameters={
+            "learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3]},
+            "num_train_epochs": {"type": "categorical", "choices": [1, 2]},
+        },
+        sampler={"type": "grid"},
+        limits={"trials": 4},
+    )
+    return hpo(service, "submit", str(path), "--wait")
+
+
+def test_the_pareto_front_over_rest_and_in_the_cli(
+    service: Service, two_objectives: Result
+) -> None:
+    assert two_objectives.exit_code == 0, two_objectives.output
+    study = service.client.get("/v1/studies/cli-pareto").json()
+    assert study["objectives"] == [
+        {"metric": "accuracy", "direction": "maximize"},
+        {"metric": "train_seconds", "direction": "minimize"},
+    ]
+    assert study["objective"] == study["objectives"][0]
+    front = service.client.get("/v1/studies/cli-pareto/pareto-front").json()
+    assert front["objectives"] == study["objectives"]
+    assert front["pick"]["rule"] == "within" and front["pick"]["tolerance"] == 0.1
+    assert front["pick"]["trial"] == study["best"]["trial"]
+    points = [(t["metrics"]["accuracy"], -t["metrics"]["train_seconds"]) for t in front["items"]]
+    for a in points:  # no point of the front beats another on both objectives
+        assert not any(b != a and b[0] >= a[0] and b[1] >= a[1] for b in points)
+    best = service.client.get("/v1/studies/cli-pareto/best").json()
+    assert best["trial"] == front["pick"]["trial"]
+    assert best["pick"]["pareto_front"] == [t["number"] for t in front["items"]]
+
+    shown = hpo(service, "pareto", "cli-pareto")
+    assert shown.exit_code == 0, shown.output
+    assert "accuracy" in shown.output and "train_seconds" in shown.output
+    assert f"picked: trial {best['trial']}, of the Pareto front's trials within 0.1" in (
+        " ".join(shown.output.split())
+    )
+    status = hpo(service, "status", "cli-pareto")
+    assert status.exit_code == 0, status.output
+    assert re.search(r"objective\s+maximize accuracy, minimize train_seconds", status.output)
+    assert re.search(r"picked by\s+within 0.1 over the Pareto front", status.output)
+    trials = hpo(service, "trials", "cli-pareto")
+    assert trials.exit_code == 0 and "train_seconds" in trials.output, trials.output
+
+    # The dashboard (served beside the API) sees a two-objective study, so it draws the front.
+    listed = service.client.get("/api/studies").json()["studies"]
+    [mine] = [s for s in listed if s["study_name"] == "cli-pareto"]
+    assert mine["directions"] == ["maximize", "minimize"]

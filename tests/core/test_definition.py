@@ -252,6 +252,63 @@ BAD_DEFINITIONS = [
         ("grid search allows at most", "weight_decay"),
         id="grid-step-overflows",
     ),
+    pytest.param(
+        {"sampler": {"type": "grid"}, "enqueue": [{"learning_rate": 3e-5}]},
+        ("enqueue", "grid", "runs each of its points once"),
+        id="enqueue-with-a-grid",
+    ),
+    pytest.param(
+        {"objectives": [{"metric": "accuracy"}]},
+        ("objectives", "2 or more", "objective"),
+        id="one-of-several-objectives",
+    ),
+    pytest.param(
+        {"objectives": [{"metric": "f1"}, {"metric": "f1", "direction": "minimize"}]},
+        ("objectives", "names a metric twice", "['f1', 'f1']"),
+        id="objective-twice",
+    ),
+    pytest.param(
+        {"objectives": [{"metric": "f1"}, {"metric": "perplexity"}]},
+        ("objectives.1.metric", "perplexity"),
+        id="unknown-objective-metric",
+    ),
+    pytest.param(
+        {
+            "objective": {"metric": "accuracy"},
+            "objectives": [{"metric": "f1"}, {"metric": "train_seconds"}],
+        },
+        ("`objective` is the first of `objectives`", "f1 (maximize)"),
+        id="primary-objective-disagrees",
+    ),
+    pytest.param(
+        {"pick": {"rule": "lexicographic"}},
+        ("`pick` chooses among several `objectives`",),
+        id="pick-without-objectives",
+    ),
+    pytest.param(
+        {
+            "objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}],
+            "pick": {"rule": "within"},
+        },
+        ("pick", "`within` rule needs a `tolerance`"),
+        id="within-without-tolerance",
+    ),
+    pytest.param(
+        {
+            "objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}],
+            "pick": {"rule": "within", "tolerance": -0.1},
+        },
+        ("pick.tolerance", "-0.1"),
+        id="negative-tolerance",
+    ),
+    pytest.param(
+        {
+            "objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}],
+            "confirm": {"top_k": 2},
+        },
+        ("`confirm` ranks configurations by one objective",),
+        id="confirm-with-several-objectives",
+    ),
 ]
 
 
@@ -282,6 +339,7 @@ def test_plain_names_are_accepted(name: str) -> None:
         ("f1", "maximize"),
         ("matthews_corrcoef", "maximize"),
         ("eval_loss", "minimize"),
+        ("train_seconds", "minimize"),
     ],
 )
 def test_objective_direction_follows_metric(metric: str, mode: str) -> None:
@@ -291,6 +349,23 @@ def test_objective_direction_follows_metric(metric: str, mode: str) -> None:
 def test_explicit_direction_wins() -> None:
     chosen = definition(objective={"metric": "eval_loss", "direction": "maximize"})
     assert chosen.objective.mode == "maximize"
+
+
+def test_several_objectives_make_the_first_the_primary_one() -> None:
+    study = definition(
+        objectives=[{"metric": "f1"}, {"metric": "train_seconds"}, {"metric": "eval_loss"}]
+    )
+    assert study.objective.metric == "f1" and study.objective.mode == "maximize"
+    assert [(g.metric, g.mode) for g in study.goals] == [
+        ("f1", "maximize"),
+        ("train_seconds", "minimize"),
+        ("eval_loss", "minimize"),
+    ]
+    assert study.picking.rule == "lexicographic"
+    # What is stored (the resolved definition) reads back the same.
+    again = StudyDefinition.model_validate(study.model_dump(mode="json"))
+    assert again.goals == study.goals
+    assert definition().goals == [definition().objective.resolved()]
 
 
 def test_defaults() -> None:

@@ -126,3 +126,40 @@ def test_pickling_leaves_the_storage_out(storage: optuna.storages.BaseStorage) -
     searcher.suggest("t")
     state = pickle.loads(pickle.dumps(searcher)).__dict__
     assert "_storage" not in state and "_ot_study" not in state
+
+
+def test_with_several_objectives_optuna_is_told_each_value_and_no_learning_curve(
+    storage: optuna.storages.BaseStorage,
+) -> None:
+    searcher = StudySearcher(
+        space=SPACE,
+        metric=["accuracy", "train_seconds"],
+        mode=["max", "min"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="study",
+        storage=storage,
+    )
+    for trial_id in ("done", "stopped", "broken"):
+        searcher.suggest(trial_id)
+
+    def result(number: int, accuracy: float, seconds: float) -> dict:
+        return {**epoch(number, accuracy), "accuracy": accuracy, "train_seconds": seconds}
+
+    for trial_id in ("done", "stopped"):
+        searcher.on_trial_result(trial_id, result(1, 0.6, 2.0))
+        searcher.on_trial_result(trial_id, result(2, 0.7, 4.0))
+    searcher.on_trial_result("done", result(3, 0.8, 6.0))
+    searcher.on_trial_complete("done", result(3, 0.8, 6.0))
+    searcher.on_trial_complete("stopped", result(2, 0.7, 4.0))  # stopped early on the primary
+    searcher.on_trial_complete("broken", None, error=True)
+
+    study = optuna.load_study(study_name="study", storage=storage)
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    done, stopped, broken = study.trials
+    assert (done.state, done.values) == (OptunaState.COMPLETE, [0.8, 6.0])
+    assert (stopped.state, stopped.values) == (OptunaState.PRUNED, None)
+    assert (broken.state, broken.values) == (OptunaState.FAIL, None)
+    assert all(t.intermediate_values == {} for t in study.trials)

@@ -66,12 +66,23 @@ def test_the_best_config_document(finished: tuple[str, Path], sentiment_files: t
     code, output = hpo("best", "tuned", "--database-url", url)
     assert code == 0, output
     document = json.loads(output)
-    assert document["schema"] == "hpo-service/best-config/v2"
+    assert document["schema"] == "hpo-service/best-config/v3"
     assert document["confirmation"] is None  # no confirmation stage
+    assert document["pick"] is None  # one objective
+    assert document["objectives"] == [
+        {"metric": "accuracy", "direction": "maximize", "value": document["metrics"]["accuracy"]}
+    ]
     assert document["study"] == "tuned" and document["status"] == "completed"
     assert document["objective"]["metric"] == "accuracy"
     assert document["objective"]["value"] == document["metrics"]["accuracy"]
-    assert set(document["metrics"]) == {"accuracy", "f1", "matthews_corrcoef", "eval_loss"}
+    assert set(document["metrics"]) == {
+        "accuracy",
+        "f1",
+        "matthews_corrcoef",
+        "eval_loss",
+        "train_seconds",
+    }
+    assert document["metrics"]["train_seconds"] > 0
     assert document["parameters"]["learning_rate"] in (1e-3, 3e-3)
     assert document["parameters"]["dropout"] == 0.15
     assert document["model"]["type"] == "bert"
