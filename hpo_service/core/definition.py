@@ -699,6 +699,11 @@ class StudyDefinition(_Spec):
         return self
 
     def _check_enqueued(self) -> None:
+        if self.enqueue and isinstance(self.sampler, GridSampler):
+            raise ValueError(
+                "`enqueue` does not go with a `grid` sampler: a grid runs each of its points once, "
+                "in its own order, and would run an enqueued point a second time"
+            )
         searched = self.parameters.searched()
         for i, point in enumerate(self.enqueue):
             for knob, value in point.items():
