@@ -18,6 +18,7 @@ from servers import BIN, Service, free_port
 from typer.testing import CliRunner, Result
 
 from hpo_service.cli import app
+from hpo_service.core.presets import merge
 from hpo_service.core.records import Scope
 from hpo_service.db.store import Store
 from hpo_service.service.tokens import create_token
@@ -59,16 +60,26 @@ def submitted(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Result:
     """`hpo submit --wait` of a two-trial study, run to its end by the service."""
-    path = write_study(
-        tmp_path_factory.mktemp("definitions"),
-        tiny_models["bert"],
-        sentiment_files,
-        "cli-done",
-        dataset={"max_train_samples": 64, "max_eval_samples": 32, "max_seq_length": 32},
-        parameters={"learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3]}},
-        sampler={"type": "grid"},
-        limits={"trials": 2},
-    )
+    folder = tmp_path_factory.mktemp("definitions")
+    return submit_and_wait(service, folder, tiny_models["bert"], sentiment_files, "cli-done")
+
+
+def submit_and_wait(
+    service: Service,
+    folder: Path,
+    model: Path,
+    files: tuple[Path, Path],
+    name: str,
+    **overrides: Any,
+) -> Result:
+    """`hpo submit --wait` of a tiny grid study over two learning rates (unless overridden)."""
+    study = {
+        "dataset": {"max_train_samples": 64, "max_eval_samples": 32, "max_seq_length": 32},
+        "parameters": {"learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3]}},
+        "sampler": {"type": "grid"},
+        "limits": {"trials": 2},
+    }
+    path = write_study(folder, model, files, name, **merge(study, overrides))
     return hpo(service, "submit", str(path), "--wait")
 
 
@@ -251,22 +262,17 @@ def two_objectives(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Result:
     """`hpo submit --wait` of a four-trial study on accuracy up and training time down."""
-    path = write_study(
+    return submit_and_wait(
+        service,
         tmp_path_factory.mktemp("definitions"),
         tiny_models["bert"],
         sentiment_files,
         "cli-pareto",
-        dataset={"max_train_samples": 64, "max_eval_samples": 32, "max_seq_length": 32},
         objectives=[{"metric": "accuracy"}, {"metric": "train_seconds"}],
         pick={"rule": "within", "tolerance": 0.1},
-        parameters={
-            "learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3]},
-            "num_train_epochs": {"type": "categorical", "choices": [1, 2]},
-        },
-        sampler={"type": "grid"},
+        parameters={"num_train_epochs": {"type": "categorical", "choices": [1, 2]}},
         limits={"trials": 4},
     )
-    return hpo(service, "submit", str(path), "--wait")
 
 
 def test_the_pareto_front_over_rest_and_in_the_cli(
@@ -304,6 +310,6 @@ def test_the_pareto_front_over_rest_and_in_the_cli(
     assert trials.exit_code == 0 and "train_seconds" in trials.output, trials.output
 
     # The dashboard (served beside the API) sees a two-objective study, so it draws the front.
-    listed = service.client.get("/api/studies").json()["studies"]
+    listed = service.client.get("/api/studies").json()["study_summaries"]
     [mine] = [s for s in listed if s["study_name"] == "cli-pareto"]
     assert mine["directions"] == ["maximize", "minimize"]

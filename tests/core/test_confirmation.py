@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
+from records import trial_record
 
 from hpo_service.core.confirmation import candidates, confirmation_seeds, rank
 from hpo_service.core.definition import Confirm
 from hpo_service.core.records import TrialRecord, TrialState
-
-NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 
 def trial(
@@ -21,19 +18,13 @@ def trial(
     state: TrialState = TrialState.COMPLETE,
     confirms: int | None = None,
 ) -> TrialRecord:
-    return TrialRecord(
-        number=number,
+    return trial_record(
+        number,
+        objective,
         state=state,
         params={"learning_rate": lr, "seed": seed},
-        objective=objective,
         accuracy=objective,
-        f1=None,
-        matthews_corrcoef=None,
         eval_loss=None if objective is None else 1 - objective,
-        epochs=2,
-        started_at=NOW,
-        finished_at=NOW,
-        error=None,
         confirms=confirms,
     )
 

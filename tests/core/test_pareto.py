@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
+from records import trial_record
 
 from hpo_service.core.definition import Objective, Pick
 from hpo_service.core.pareto import describe, pareto_front, pick
 from hpo_service.core.records import TrialRecord, TrialState
 
-NOW = datetime(2026, 11, 23, tzinfo=UTC)
 ACCURACY_AND_TIME = [
     Objective(metric="accuracy").resolved(),
     Objective(metric="train_seconds").resolved(),
@@ -24,21 +22,8 @@ def trial(
     state: TrialState = TrialState.COMPLETE,
     confirms: int | None = None,
 ) -> TrialRecord:
-    return TrialRecord(
-        number=number,
-        state=state,
-        params={"learning_rate": 1e-3},
-        objective=accuracy,
-        accuracy=accuracy,
-        f1=None,
-        matthews_corrcoef=None,
-        eval_loss=None,
-        train_seconds=seconds,
-        epochs=2,
-        started_at=NOW,
-        finished_at=NOW,
-        error=None,
-        confirms=confirms,
+    return trial_record(
+        number, accuracy, state=state, accuracy=accuracy, train_seconds=seconds, confirms=confirms
     )
 
 
