@@ -154,7 +154,7 @@ def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
     record = store.get_study(name)
     summary = StudySummary.of(record, store.best_trial(name))
     definition = StudyDefinition.model_validate(record.resolved_definition)
-    outlook = forecast(store.trial_times(name), definition, datetime.now(UTC))
+    outlook = forecast(store.run_times(name), definition, datetime.now(UTC))
     return StudyDetail(
         **summary.model_dump(),
         definition=record.definition,

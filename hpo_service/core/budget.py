@@ -1,4 +1,5 @@
-"""A study's spend in CPU- and GPU-hours and its forecast. Pure: it works on trials' run times.
+"""A study's spend in CPU- and GPU-hours and its forecast. Pure: it works on a summary of its
+trials' run times (``RunTimes``, which the store sums in SQL).
 
 Spend is each trial's ``resources_per_trial`` times its run time (a running trial's so far), for
 every trial that ran: finished, cut off by a crash, or running. Trials fused into one worker
@@ -9,7 +10,7 @@ assumes the trials still to run take as long as the finished ones did on average
 
 from __future__ import annotations
 
-import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,38 @@ from hpo_service.core.records import TrialState
 
 HOUR_S = 3600.0
 TrialTimes = tuple[TrialState, datetime, datetime | None]  # state, started, finished
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    """A study's trials' run times, summed: all a spend and a forecast need."""
+
+    ended_s: float  # the run seconds of every trial that ended (finished or cut off)
+    finished: int  # trials that count (complete, early-stopped, failed) and ended
+    finished_s: float  # their run seconds
+    running: int  # trials still running
+    running_since_s: float  # the sum of their start times, in seconds since the epoch
+
+    @classmethod
+    def of(cls, trials: Iterable[TrialTimes]) -> RunTimes:
+        """The sums over each trial's (state, start, end): what the store's query computes."""
+        ended_s = finished_s = since_s = 0.0
+        finished = running = 0
+        for state, start, end in trials:
+            if end is None:
+                running += 1
+                since_s += start.timestamp()
+                continue
+            seconds = (end - start).total_seconds()
+            ended_s += seconds
+            if state.is_finished:
+                finished += 1
+                finished_s += seconds
+        return cls(ended_s, finished, finished_s, running, since_s)
+
+    def seconds(self, now: datetime) -> float:
+        """Every trial's run time, a running one's until ``now``."""
+        return self.ended_s + self.running * now.timestamp() - self.running_since_s
 
 
 @dataclass(frozen=True)
@@ -41,20 +74,16 @@ def _spend(seconds: float, definition: StudyDefinition) -> Spend:
     return Spend(seconds * resources.cpus / HOUR_S, seconds * resources.gpus / HOUR_S)
 
 
-def spent(trials: list[TrialTimes], definition: StudyDefinition, now: datetime) -> Spend:
-    seconds = sum(((end or now) - start).total_seconds() for _, start, end in trials)
-    return _spend(seconds, definition)
+def spent(times: RunTimes, definition: StudyDefinition, now: datetime) -> Spend:
+    return _spend(times.seconds(now), definition)
 
 
-def forecast(trials: list[TrialTimes], definition: StudyDefinition, now: datetime) -> Forecast:
-    so_far = spent(trials, definition, now)
-    durations = [
-        (end - start).total_seconds() for state, start, end in trials if state.is_finished and end
-    ]
-    remaining = max(definition.planned_trials - len(durations), 0)
-    if not durations:
+def forecast(times: RunTimes, definition: StudyDefinition, now: datetime) -> Forecast:
+    so_far = spent(times, definition, now)
+    remaining = max(definition.planned_trials - times.finished, 0)
+    if not times.finished:
         return Forecast(so_far, remaining, None, None)
-    mean = statistics.fmean(durations)
+    mean = times.finished_s / times.finished
     still = _spend(remaining * mean, definition)
     at_end = Spend(so_far.cpu_hours + still.cpu_hours, so_far.gpu_hours + still.gpu_hours)
     seconds = remaining * mean / definition.limits.concurrent_trials

@@ -155,6 +155,6 @@ class BudgetWatch(Callback, Stopper):
         limits = self.definition.limits
         self._checked_at = time.monotonic()
         if self.reason is None and (limits.cpu_hours or limits.gpu_hours):
-            times = self.store.trial_times(self.definition.name)
+            times = self.store.run_times(self.definition.name)
             self.reason = over_budget(spent(times, self.definition, self.clock()), self.definition)
         return self.reason is not None

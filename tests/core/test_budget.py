@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hpo_service.core.budget import Spend, forecast, over_budget, spent
+from hpo_service.core.budget import RunTimes, Spend, forecast, over_budget, spent
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import TrialState
 
@@ -36,19 +36,20 @@ TRIALS = [  # two finished trials of 30 minutes, one cut off by a crash after 6,
     (TrialState.INTERRUPTED, at(30), at(36)),
     (TrialState.RUNNING, at(36), None),
 ]
+TIMES = RunTimes.of(TRIALS)
 
 
 def test_spend_counts_each_trials_resources_over_its_run_time_running_ones_so_far() -> None:
-    used = spent(TRIALS, definition(), now=at(60))  # 30 + 30 + 6 + 24 minutes = 1.5 hours
+    used = spent(TIMES, definition(), now=at(60))  # 30 + 30 + 6 + 24 minutes = 1.5 hours
     assert used == Spend(cpu_hours=pytest.approx(3.0), gpu_hours=pytest.approx(0.75))
 
 
 def test_the_forecast_runs_the_rest_at_the_finished_trials_mean_two_at_a_time() -> None:
-    outlook = forecast(TRIALS, definition(), now=at(60))
+    outlook = forecast(TIMES, definition(), now=at(60))
     assert outlook.remaining_trials == 6 + 2 - 2  # the search and the confirmation runs
     assert outlook.seconds_to_finish == pytest.approx(6 * 30 * 60 / 2)
     assert outlook.at_end == Spend(pytest.approx(3.0 + 6 * 1.0), pytest.approx(0.75 + 6 * 0.25))
-    before = forecast(TRIALS[2:], definition(), now=at(60))
+    before = forecast(RunTimes.of(TRIALS[2:]), definition(), now=at(60))
     assert before.seconds_to_finish is None and before.at_end is None  # nothing finished yet
 
 

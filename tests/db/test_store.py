@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import optuna
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Float, inspect, text
+from sqlalchemy import Float, inspect, select, text
+from sqlalchemy.orm import Session
 
+from hpo_service.core.budget import RunTimes
 from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.errors import AlreadyExistsError, NotFoundError, SchemaOutdatedError
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import normalize_database_url
 from hpo_service.db.migrate import VERSION_TABLE, ensure_schema, head_revision, include_name
 from hpo_service.db.store import Store, make_engine
-from hpo_service.db.tables import Base, EpochRow, TrialRow
+from hpo_service.db.tables import Base, EpochRow, StudyRow, TrialRow
 
 
 def definition(name: str = "study", metric: str = "accuracy") -> StudyDefinition:
@@ -115,6 +119,43 @@ def test_a_trial_that_fell_back_to_a_smaller_micro_batch_keeps_it(store: Store) 
     store.start_trial("study", 1, {"batch_size": 32})
     store.record_epoch("study", 1, {"epoch": 1, "objective": 0.1})
     assert [t.micro_batch_size for t in store.trials("study")] == [8, None]
+
+
+def test_run_times_are_summed_in_sql_as_in_python(store: Store) -> None:
+    store.create_study({"name": "study"}, definition())
+    t0 = datetime(2026, 11, 23, 8, 0, 0, 250_000, tzinfo=UTC)
+    trials = [  # state, started, finished (None: running), minutes from t0
+        (TrialState.COMPLETE, 0, 30.5),
+        (TrialState.EARLY_STOPPED, 0, 12.25),
+        (TrialState.FAILED, 5, 6),
+        (TrialState.INTERRUPTED, 30, 36),
+        (TrialState.RUNNING, 36, None),
+        (TrialState.RUNNING, 40, None),
+    ]
+    times = []
+    with Session(store.engine) as session, session.begin():
+        study_id = session.scalars(select(StudyRow.id)).one()
+        for number, (state, start, end) in enumerate(trials):
+            started = t0 + timedelta(minutes=start)
+            finished = None if end is None else t0 + timedelta(minutes=end)
+            session.add(
+                TrialRow(
+                    study_id=study_id,
+                    number=number,
+                    state=state,
+                    params={},
+                    started_at=started,
+                    finished_at=finished,
+                )
+            )
+            times.append((state, started, finished))
+    summed, expected = store.run_times("study"), RunTimes.of(times)
+    assert (summed.finished, summed.running) == (expected.finished, expected.running) == (3, 2)
+    for field in ("ended_s", "finished_s", "running_since_s"):
+        assert getattr(summed, field) == pytest.approx(getattr(expected, field), abs=0.01)
+    now = t0 + timedelta(hours=1)
+    assert summed.seconds(now) == pytest.approx((30.5 + 12.25 + 1 + 6 + 24 + 20) * 60, abs=0.01)
+    assert store.run_times("study") == store.run_times("study")  # the same query, the same sums
 
 
 def test_deleting_a_study_deletes_its_trials(store: Store) -> None:
