@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/search_efficiency.py [--tasks SST-2,RTE,CoLA] [--trials 8]
         [--seeds 0,1,2] [--train-samples 512] [--eval-samples N] [--max-seq-length 64]
-        [--methods grid,random,tpe,tpe-asha,tpe-hyperband,tpe-median,hf-optuna]
+        [--methods grid,random,tpe,tpe-asha,tpe-hyperband,tpe-median,pbt,hf-optuna]
         [--model NAME] [--out bench/results]
 
 Every method gets the same trial budget (``--trials``) over the same search space, the
@@ -16,9 +16,12 @@ seed of ``--seeds``:
 - ``random``, ``tpe`` (``n_startup_trials=--startup``), ``tpe-asha`` (TPE with ASHA: grace
   period 1 epoch, reduction factor 2, at most 4 epochs), ``tpe-hyperband`` (asynchronous
   Hyperband, 2 brackets) and ``tpe-median`` (median stopping after 1 epoch, 3 trials to
-  compare with): the service's own runner
-  (``hpo_service.driver.runner.run_study``), one trial at a time with both cores, on one local
-  Ray started once for the whole benchmark;
+  compare with), ``pbt`` (population-based training: the ``--trials`` trials as one population
+  of random starting points, all at once on the same cores, the learning rate shifted along the
+  preset's choices after every epoch): the service's own runner
+  (``hpo_service.driver.runner.run_study``), one trial at a time with both cores (``pbt``: all
+  at once, each with its share; its trial seconds are scaled by that share, so they count the
+  same core-seconds), on one local Ray started once for the whole benchmark;
 - ``hf-optuna``: ``transformers.Trainer.hyperparameter_search(backend="optuna")`` with its
   defaults (Optuna's ``MedianPruner`` included) and a seeded ``TPESampler`` over the same
   choices, in this process, ``Trainer`` on the same token ids (``DataCollatorWithPadding``).
@@ -63,12 +66,24 @@ from hpo_service.db.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PRESET = "bert-paper"
-METHODS = ("grid", "random", "tpe", "tpe-asha", "tpe-hyperband", "tpe-median", "hf-optuna")
+METHODS = (
+    "grid",
+    "random",
+    "tpe",
+    "tpe-asha",
+    "tpe-hyperband",
+    "tpe-median",
+    "pbt",
+    "hf-optuna",
+)
 # The early stopping of the TPE methods that stop trials (``definition.early_stopping``).
 EARLY_STOPPING = {
     "tpe-asha": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "tpe-hyperband": {"type": "hyperband", "grace_period": 1, "reduction_factor": 2, "brackets": 2},
     "tpe-median": {"type": "median", "grace_period": 1, "min_samples_required": 3},
+    # Population-based training: the whole budget as one population, the learning rate
+    # shifted along the preset's choices (or drawn again) after every epoch.
+    "pbt": {"type": "pbt", "mutate": ["learning_rate"], "quantile_fraction": 0.25},
 }
 TARGET_GAP = 0.5  # points of the dev score
 TASKS: dict[str, dict[str, Any]] = {
@@ -124,8 +139,8 @@ def study_document(args: argparse.Namespace, task: str, method: str, seed: int) 
     if "column_names" in spec:
         dataset["column_names"] = spec["column_names"]
     sampler: dict[str, Any] = {"type": "tpe", "seed": seed, "n_startup_trials": args.startup}
-    if method in ("grid", "random"):
-        sampler = {"type": method, "seed": seed}
+    if method in ("grid", "random", "pbt"):  # PBT: a random population
+        sampler = {"type": "random" if method == "pbt" else method, "seed": seed}
     document: dict[str, Any] = {
         "name": f"{task.lower()}-{method}-seed{seed}",
         "preset": PRESET,
@@ -139,7 +154,18 @@ def study_document(args: argparse.Namespace, task: str, method: str, seed: int) 
     }
     if method in EARLY_STOPPING:
         document["early_stopping"] = EARLY_STOPPING[method]
+    if method == "pbt":  # the population trains at once, sharing the same cores
+        document["limits"]["concurrent_trials"] = args.trials
+        document["resources_per_trial"]["cpus"] = args.cpus / args.trials
+        document["execution"]["checkpoints"] = True
     return document
+
+
+def final_params(record: Any) -> dict[str, Any]:
+    """A trial's parameters; after population-based training, the values it ended with (its
+    schedule's last), by which it planned its epochs."""
+    last = (record.schedule or [{}])[-1]
+    return {**record.params, **{k: v for k, v in last.items() if k != "epoch"}}
 
 
 def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> SearchRun:
@@ -148,6 +174,7 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
     from hpo_service.driver.runner import run_study
 
     document = study_document(args, task, method, seed)
+    share = document["resources_per_trial"]["cpus"] / args.cpus  # of the cores, while it runs
     settings = Settings(
         database_url=f"sqlite:///{args.work / 'studies.db'}", work_dir=args.work / "ray"
     )
@@ -161,8 +188,12 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
         Trial(
             score=100 * float(r.objective if r.objective is not None else math.nan),
             epochs=r.epochs,
-            seconds=float(r.duration_s or 0.0),
-            params=dict(r.params),
+            seconds=float(r.duration_s or 0.0) * share,
+            # PBT: the values it ended with (its schedule's last), as it planned its epochs.
+            params={
+                **r.params,
+                **{k: v for k, v in (r.schedule or [{}])[-1].items() if k != "epoch"},
+            },
             stopped_early=r.state == TrialState.EARLY_STOPPED,
         )
         for r in finished

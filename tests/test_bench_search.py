@@ -1,7 +1,8 @@
 """The search-efficiency benchmark, tiny: a 2-layer BERT, two trials per method, one seed.
 
-Random and TPE differ from the grid only in the service's sampler, so the grid, TPE + ASHA and
-hyperparameter_search stand for all five methods here (to keep the test short).
+Random and TPE differ from the grid only in the service's sampler, so the grid, TPE + ASHA,
+population-based training and hyperparameter_search stand for all the methods here (to keep the
+test short).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_every_method_gets_the_same_budget_and_is_read_back(
     shared_data: Path, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     bench = load_bench()
-    methods = ["grid", "tpe-asha", "hf-optuna"]
+    methods = ["grid", "tpe-asha", "pbt", "hf-optuna"]
     argv = ["--tasks", "SST-2", "--methods", ",".join(methods), "--trials", "2", "--seeds", "0"]
     argv += ["--startup", "1"]
     argv += ["--train-samples", "16", "--eval-samples", "16", "--max-seq-length", "16"]

@@ -149,6 +149,11 @@ class TrialSummary(BaseModel):
         description="A confirmation run: the search trial whose configuration it runs again "
         "with a fresh seed.",
     )
+    schedule: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Population-based training: the mutated values it trained with from each "
+        "`epoch` on (`params` are its starting values).",
+    )
 
     @classmethod
     def of(cls, trial: TrialRecord) -> TrialSummary:
@@ -165,6 +170,7 @@ class TrialSummary(BaseModel):
             error=trial.error,
             confirms=trial.confirms,
             micro_batch_size=trial.micro_batch_size,
+            schedule=trial.schedule,
         )
 
 

@@ -159,6 +159,9 @@ def trial_label(trial: Any) -> str:
         notes.append(f"confirms {trial.confirms}, seed {trial.params.get('seed')}")
     if trial.micro_batch_size is not None:
         notes.append(f"micro-batch {trial.micro_batch_size}")
+    if trial.schedule and len(trial.schedule) > 1:
+        changes = len(trial.schedule) - 1
+        notes.append(f"PBT: {changes} change{'s' if changes > 1 else ''}")
     return f"{trial.number} ({'; '.join(notes)})" if notes else str(trial.number)
 
 

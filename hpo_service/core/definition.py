@@ -492,8 +492,40 @@ class MedianStopping(_Spec):
     )
 
 
+MUTABLE_KNOBS = ("learning_rate", "weight_decay")
+
+
+class PopulationBased(_Spec):
+    """Population-based training (Jaderberg et al. 2017): the study's trials train at once; at
+    every `perturbation_interval` epochs a trial in the bottom `quantile_fraction` goes on from
+    a top trial's state with that trial's `mutate` values perturbed (x0.8 or x1.2, kept in the
+    searched range) or, with `resample_probability`, drawn again from the search space."""
+
+    type: Literal["pbt"]
+    perturbation_interval: int = Field(default=1, ge=1, description="Epochs between exploits.")
+    mutate: list[Literal["learning_rate", "weight_decay"]] = Field(
+        default=["learning_rate"],
+        min_length=1,
+        description="Searched knobs whose values change during training; the optimizer and the "
+        "schedule take them on from the state they restore.",
+    )
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+    synch: bool = Field(
+        default=False,
+        description="Wait for every member at each perturbation, so all are compared at the "
+        "same epoch (slower: the fastest members wait).",
+    )
+
+    @property
+    def grace_period(self) -> int:
+        """Epochs every trial runs before its first exploit (as early stopping's)."""
+        return self.perturbation_interval
+
+
 EarlyStopping = Annotated[
-    NoEarlyStopping | Asha | Hyperband | MedianStopping, Field(discriminator="type")
+    NoEarlyStopping | Asha | Hyperband | MedianStopping | PopulationBased,
+    Field(discriminator="type"),
 ]
 
 
@@ -689,6 +721,8 @@ class StudyDefinition(_Spec):
                     f"but got {self.limits.trials}"
                 )
         self._check_enqueued()
+        if isinstance(self.early_stopping, PopulationBased):
+            self._check_population()
         if not isinstance(self.early_stopping, NoEarlyStopping):
             budget = self.parameters.max_epochs()
             if self.early_stopping.grace_period > budget:
@@ -697,6 +731,40 @@ class StudyDefinition(_Spec):
                     f"not exceed the epoch budget ({budget})"
                 )
         return self
+
+    def _check_population(self) -> None:
+        """What population-based training needs: trials training at once, each with its own
+        checkpoints, mutated knobs that are searched, and one configuration per trial."""
+        assert isinstance(self.early_stopping, PopulationBased)
+        searched = self.parameters.searched()
+        for knob in self.early_stopping.mutate:
+            spec = searched.get(knob)
+            if not isinstance(spec, FloatRange | Categorical):
+                raise ValueError(
+                    f"`early_stopping.mutate` names {knob}, which must be searched (a float "
+                    f"range or `choices`) for PBT to perturb it"
+                )
+        needs = [
+            (
+                self.limits.concurrent_trials < 2,
+                "`limits.concurrent_trials` of 2 or more (the population trains at once)",
+            ),
+            (not self.execution.checkpoints, "`execution.checkpoints: true`"),
+            (
+                self.execution.fuse_trials not in ("auto", 1),
+                "`execution.fuse_trials` 1 or auto (fused trials have no checkpoints of their own)",
+            ),
+            (
+                self.confirm is not None,
+                "no `confirm` stage (a PBT result is a schedule of "
+                "values, not one configuration to run again)",
+            ),
+        ]
+        for missing, what in needs:
+            if missing:
+                raise ValueError(
+                    f"population-based training (`early_stopping.type: pbt`) needs {what}"
+                )
 
     def _check_enqueued(self) -> None:
         if self.enqueue and isinstance(self.sampler, GridSampler):
@@ -760,4 +828,5 @@ def describe_errors(error: ValidationError) -> list[str]:
 
 def _is_union_tag(part: str | int) -> bool:
     tags = ("float", "int", "categorical", "fixed", "tpe", "grid", "random", "none", "asha")
+    tags += ("hyperband", "median", "pbt")
     return part in tags or str(part).startswith("literal[")

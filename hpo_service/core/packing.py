@@ -9,6 +9,7 @@ Pure: the driver measures the GPU and estimates a trial's memory, this module de
   ``fuse_trials`` is ``auto``; a number is taken as given.
 - Trials that do not fuse (a group of 1) and ask for one whole GPU share it: as many as fit
   (at most 8) when ``execution.trials_per_gpu`` is ``auto``, else that many.
+- Population-based training never fuses (each trial needs checkpoints of its own).
 - Concurrent trials are at least ``limits.concurrent_trials`` and enough to fill every GPU.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.definition import PopulationBased, StudyDefinition
 
 USABLE_SHARE = 0.85
 MAX_AUTO_FUSED = 16
@@ -54,7 +55,9 @@ def plan_packing(definition: StudyDefinition, facts: DeviceFacts) -> Packing:
     asked = definition.limits.concurrent_trials
     on_gpu = resources.gpus > 0 and facts.gpu_memory_bytes is not None
     usable = int(USABLE_SHARE * facts.gpu_memory_bytes * resources.gpus) if on_gpu else 0
-    if isinstance(execution.fuse_trials, int):
+    if isinstance(definition.early_stopping, PopulationBased):
+        fuse = 1
+    elif isinstance(execution.fuse_trials, int):
         fuse = execution.fuse_trials
     elif on_gpu and facts.member_bytes > 0:
         fuse = max(1, min(MAX_AUTO_FUSED, (usable - facts.trial_bytes) // facts.member_bytes + 1))

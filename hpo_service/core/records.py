@@ -95,6 +95,8 @@ class TrialRecord(BaseModel):
     confirms: int | None = None
     # Out of device memory at its batch size, the micro-batch it trained at instead.
     micro_batch_size: int | None = None
+    # Population-based training: from which epoch on it trained with which mutated values.
+    schedule: list[dict[str, Any]] | None = None
     learning_curve: list[EpochRecord] = []
 
     @property

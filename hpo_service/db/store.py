@@ -259,6 +259,11 @@ class Store:
             for metric, value in scores.items():
                 setattr(trial, metric, value)
 
+    def record_schedule(self, study: str, number: int, schedule: list[dict[str, Any]]) -> None:
+        """The values population-based training gave the trial, from which epoch on."""
+        with self._session() as session:
+            self._trial_row(session, study, number).schedule = list(schedule)
+
     def finish_trial(
         self, study: str, number: int, state: TrialState, error: str | None = None
     ) -> None:

@@ -104,6 +104,8 @@ class TrialRow(Base):
     confirms: Mapped[int | None] = mapped_column(Integer)
     # Out of memory at its batch size, it trained at this micro-batch (more accumulation).
     micro_batch_size: Mapped[int | None] = mapped_column(Integer)
+    # Population-based training: the mutated values it trained with from each epoch on (0004).
+    schedule: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     epoch_results: Mapped[list[EpochRow]] = relationship(

@@ -36,6 +36,8 @@ class TrialRecorder(Callback):
         self._numbers: dict[str, int] = {}
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._numbers:  # started again (PBT: from another trial's state)
+            return
         number = self.searcher.trial_number(trial.trial_id)
         self._numbers[trial.trial_id] = number
         params = {k: v for k, v in trial.config.items() if k in KNOBS and v is not None}

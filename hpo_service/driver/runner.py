@@ -31,6 +31,7 @@ from hpo_service.core.definition import (
     Hyperband,
     MedianStopping,
     Objective,
+    PopulationBased,
     StudyDefinition,
 )
 from hpo_service.core.errors import HpoError, RayUnavailableError
@@ -50,6 +51,12 @@ from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.reconcile import CONFIRMS_ATTR, SEED_ATTR, fail_cut_off_trials, reconcile
 from hpo_service.db.store import Store
 from hpo_service.driver.fusion import MEMBER_CPUS, fused_member_trial, start_workers
+from hpo_service.driver.population import (
+    PopulationSearch,
+    is_population_based,
+    pbt_scheduler,
+    population_search,
+)
 from hpo_service.driver.recorder import BudgetWatch, CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.driver.search_space import optuna_distributions, optuna_sampler
 from hpo_service.driver.searcher import StudySearcher, warm_start_trials
@@ -324,24 +331,38 @@ def _fit(
             tune.with_parameters(train_trial, setup=setup),
             {"cpu": packing.cpus_per_worker, "gpu": packing.gpus_per_worker},
         )
+    recorders: list[tune.Callback] = [TrialRecorder(store, definition.name, searcher)]
+    search: Any = searcher
+    concurrent: int | None = packing.concurrent_trials
+    scheduler = FIFOScheduler() if confirming else _scheduler(definition, mode)
+    param_space: dict[str, Any] = definition.parameters.fixed_values()
+    if is_population_based(definition) and not confirming:
+        # Ray's PBT takes no search algorithm: the population is asked of Optuna up front.
+        search = population_search(searcher, n_trials, packing.concurrent_trials)
+        recorders.insert(0, PopulationSearch(searcher, store, definition.name, definition))
+        concurrent = None  # the generator limits it
+        # The population's values are given; Ray's variant generator only needs the keys.
+        param_space = {**param_space, **dict.fromkeys(definition.parameters.searched())}
     tuner = tune.Tuner(
         trainable,
-        param_space=definition.parameters.fixed_values(),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=FIFOScheduler() if confirming else _scheduler(definition, mode),
+            search_alg=search,
+            scheduler=scheduler,
             num_samples=n_trials,
-            max_concurrent_trials=packing.concurrent_trials,
+            max_concurrent_trials=concurrent,
             time_budget_s=None if confirming else definition.limits.time_budget_s,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=definition.name,
             storage_path=str(settings.work_dir / "ray_results"),
-            callbacks=[TrialRecorder(store, definition.name, searcher), *callbacks],
+            callbacks=[*recorders, *callbacks],
             stop=CombinedStopper(*stoppers),
             failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # PBT restores a trial from a checkpoint another trial may have gone past already:
+            # it keeps them all until the study ends (and they are deleted).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if concurrent is None else 1),
             verbose=0,
         ),
     )
@@ -410,6 +431,8 @@ def _scheduler(definition: StudyDefinition, mode: str) -> TrialScheduler:
             reduction_factor=rule.reduction_factor,
             brackets=rule.brackets,
         )
+    if isinstance(rule, PopulationBased):
+        return pbt_scheduler(definition, mode)
     if isinstance(rule, MedianStopping):
         return MedianStoppingRule(
             **common,

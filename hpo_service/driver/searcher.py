@@ -113,6 +113,21 @@ class StudySearcher(OptunaSearch):
             return [result[metric] for metric in self.metric]
         return result[self.metric]
 
+    def adopt(self, trial_id: str, asked_as: str) -> None:
+        """Run the Optuna trial asked for as ``asked_as`` as Ray's trial ``trial_id``
+        (population-based training asks for its members before Ray makes their trials)."""
+        self._ot_trials[trial_id] = self._ot_trials.pop(asked_as)
+
+    def unclaimed(self, prefix: str) -> list[str]:
+        """The names of asked trials that no Ray trial has adopted yet, in the order asked."""
+        return [name for name in self._ot_trials if name.startswith(prefix)]
+
+    def params_of(self, trial_id: str) -> dict[str, Any]:
+        return dict(self._ot_trials[trial_id].params)
+
+    def set_user_attr(self, trial_id: str, key: str, value: Any) -> None:
+        self._ot_trials[trial_id].set_user_attr(key, value)
+
     def trial_number(self, trial_id: str) -> int:
         return self._ot_trials[trial_id].number
 

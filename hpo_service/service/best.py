@@ -21,7 +21,8 @@ from hpo_service.core.training_args import dropout_fields, training_arguments, t
 from hpo_service.db.store import Store
 
 # v2 added `confirmation` (null without a confirmation stage); v3 added `objectives` (every
-# objective's value) and `pick` (null with one objective). v1 and v2 readers keep working.
+# objective's value), `pick` (null with one objective) and `schedule` (null without
+# population-based training). v1 and v2 readers keep working.
 SCHEMA = "hpo-service/best-config/v3"
 Format = Literal["json", "yaml", "env", "training-args"]
 FORMATS: tuple[Format, ...] = ("json", "yaml", "env", "training-args")
@@ -108,6 +109,7 @@ def best_document(
         "metrics": metrics,
         "confirmation": confirmation,
         "parameters": values,
+        "schedule": trial.schedule,
         "training_arguments": training_arguments(trial.params),
         "model": {
             "name": definition.model.name,

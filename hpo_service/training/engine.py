@@ -325,6 +325,7 @@ def train(
         restored = checkpoints.restore() if checkpoints is not None else None
         if restored is not None:  # its epoch's report again: the crash may have lost it
             step, first_epoch = _load_state(restored, model, optimizer, scheduler)
+            apply_rates(optimizer, scheduler, hyper)  # PBT may have changed them
             report({**restored["report"], REPLAYED_KEY: True})
             started -= restored["report"].get("train_seconds") or 0.0  # the time before it
         for epoch in range(first_epoch, hyper.num_train_epochs + 1):
@@ -403,6 +404,26 @@ def _load_state(
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["next_step"]), int(state["epoch"]) + 1
+
+
+def apply_rates(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    hyper: TrialHyper,
+) -> None:
+    """Give a restored optimizer and schedule ``hyper``'s peak learning rate and weight decay
+    (``make_optimizer``'s groups: decay, then none), at the schedule's current step: a
+    population-based trial goes on from another trial's state with mutated values. A no-op
+    when they are the values it was saved with."""
+    decays = (hyper.weight_decay, 0.0)
+    for group, decay, multiplier in zip(
+        optimizer.param_groups, decays, scheduler.lr_lambdas, strict=True
+    ):
+        group["initial_lr"] = hyper.learning_rate
+        group["weight_decay"] = decay
+        group["lr"] = hyper.learning_rate * multiplier(scheduler.last_epoch)
+    scheduler.base_lrs = [hyper.learning_rate] * len(optimizer.param_groups)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:

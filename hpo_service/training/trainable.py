@@ -41,16 +41,19 @@ class TrialSetup:
 
 class RayCheckpoints:
     """A trial's epoch states as Ray checkpoints: saved beside each report, restored from the
-    checkpoint of the trial this one runs again (``config["resume"]``)."""
+    checkpoint of the trial this one runs again (``config["resume"]``) or, when Ray restarts
+    the trial from a checkpoint (population-based training exploiting another trial), that
+    one."""
 
     def __init__(self, resume_from: str | None) -> None:
         self.resume_from = resume_from
         self._pending: Path | None = None
 
     def restore(self) -> dict[str, Any] | None:
-        if not self.resume_from:
+        given = tune.Checkpoint(self.resume_from) if self.resume_from else tune.get_checkpoint()
+        if given is None:
             return None
-        with tune.Checkpoint(self.resume_from).as_directory() as folder:
+        with given.as_directory() as folder:
             path = Path(folder) / STATE_FILE
             return (
                 torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

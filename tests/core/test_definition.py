@@ -161,13 +161,51 @@ BAD_DEFINITIONS = [
     ),
     pytest.param(
         {"early_stopping": {"type": "hyperband", "brackets": 0}},
-        ("early_stopping.hyperband.brackets", "0"),
+        ("early_stopping.brackets", "0"),
         id="hyperband-without-brackets",
     ),
     pytest.param(
-        {"early_stopping": {"type": "pbt"}},
-        ("early_stopping", "'pbt'", "asha", "hyperband", "median"),
+        {"early_stopping": {"type": "bohb"}},
+        ("early_stopping", "'bohb'", "asha", "hyperband", "median", "pbt"),
         id="unknown-early-stopping",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "pbt", "mutate": ["weight_decay"]}},
+        ("`early_stopping.mutate` names weight_decay", "must be searched"),
+        id="pbt-mutating-a-fixed-knob",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "pbt", "mutate": ["dropout"]}},
+        ("early_stopping.mutate.0", "dropout"),
+        id="pbt-mutating-dropout",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "pbt"}},
+        ("pbt", "`limits.concurrent_trials` of 2 or more"),
+        id="pbt-one-at-a-time",
+    ),
+    pytest.param(
+        {
+            "early_stopping": {"type": "pbt"},
+            "limits": {"concurrent_trials": 4},
+            "execution": {"checkpoints": False},
+        },
+        ("pbt", "`execution.checkpoints: true`"),
+        id="pbt-without-checkpoints",
+    ),
+    pytest.param(
+        {
+            "early_stopping": {"type": "pbt"},
+            "limits": {"concurrent_trials": 4},
+            "execution": {"fuse_trials": 4},
+        },
+        ("pbt", "`execution.fuse_trials` 1 or auto"),
+        id="pbt-fused",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "pbt"}, "limits": {"concurrent_trials": 4}, "confirm": {}},
+        ("pbt", "no `confirm` stage"),
+        id="pbt-confirmed",
     ),
     pytest.param(
         {"confirm": {"top_k": 2, "seeds": 1}},

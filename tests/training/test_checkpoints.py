@@ -11,7 +11,7 @@ import torch
 
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
-from hpo_service.training.engine import REPLAYED_KEY, train
+from hpo_service.training.engine import REPLAYED_KEY, StepTrace, train
 from hpo_service.training.modeling import tokenize
 from hpo_service.training.trainable import RayCheckpoints, TrialSetup
 
@@ -77,3 +77,36 @@ def test_ray_checkpoints_restore_what_was_saved(setup: TrialSetup, tmp_path: Pat
     assert state is not None and state["epoch"] == 1
     assert torch.equal(state["cpu_rng"], saved.saved[0]["cpu_rng"])
     assert RayCheckpoints(None).restore() is None
+
+
+def test_a_trial_restored_with_new_rates_trains_on_with_them(setup: TrialSetup) -> None:
+    """Population-based training: a trial goes on from another's state with a mutated peak
+    learning rate and weight decay; the restored optimizer and schedule take them on."""
+    saved = MemoryCheckpoints()
+    straight: list[StepTrace] = []
+    train(setup, CONFIG, lambda _: None, CPU, on_step=straight.append, checkpoints=saved)
+    mutated = {**CONFIG, "learning_rate": CONFIG["learning_rate"] / 3, "weight_decay": 0.05}
+    steps: list[StepTrace] = []
+    decays: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def step_and_read(self: torch.optim.AdamW, *args: Any, **kwargs: Any) -> Any:
+        decays.append(self.param_groups[0]["weight_decay"])
+        assert self.param_groups[1]["weight_decay"] == 0.0  # biases and norms still none
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step_and_read)
+        train(
+            setup,
+            mutated,
+            lambda _: None,
+            CPU,
+            on_step=steps.append,
+            checkpoints=MemoryCheckpoints(saved.saved[0]),
+        )
+    later = straight[len(straight) - len(steps) :]  # the same steps of the straight run
+    assert [s.step for s in steps] == [s.step for s in later]
+    for new, old in zip(steps, later, strict=True):  # the same schedule, a third of the peak
+        assert new.learning_rate == pytest.approx(old.learning_rate / 3, rel=1e-9)
+    assert decays and all(d == 0.05 for d in decays)

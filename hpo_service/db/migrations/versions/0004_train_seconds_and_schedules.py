@@ -1,5 +1,6 @@
 """train_seconds: the wall time a trial trained and evaluated, per epoch and per trial (an
-objective a study with several `objectives` can minimise)
+objective a study with several `objectives` can minimise); schedule: the values
+population-based training gave a trial, from which epoch on
 
 Revision ID: 0004
 Revises: 0003
@@ -25,9 +26,13 @@ def upgrade() -> None:
     for table in TABLES:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column("train_seconds", sa.Float(), nullable=True))
+    with op.batch_alter_table("hpo_trials", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("schedule", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("hpo_trials", schema=None) as batch_op:
+        batch_op.drop_column("schedule")
     for table in TABLES:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_column("train_seconds")

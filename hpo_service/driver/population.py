@@ -1,0 +1,159 @@
+"""Population-based training: Ray Tune's PBT scheduler over a population the study's Optuna
+sampler proposes.
+
+Ray runs PBT without a search algorithm, so the population is asked of Optuna up front (the
+enqueued configurations first) and run by Ray's basic variant generator; ``PopulationSearch``
+gives each Ray trial the Optuna trial asked for it, passes its results on (as Ray's search
+algorithm would), and records the values PBT switches it to.
+
+The decision for Optuna, whose trial parameters are fixed once asked: each member is one Optuna
+trial whose parameters are its starting values, told its final score; the values it trained with
+from each epoch on are its schedule, in our tables (``schedule``) and in the user attribute
+``hpo:pbt_schedule``. A member that PBT restarts from a better member's state takes that
+member's values of every searched knob (as PBT does), with the mutated ones perturbed, and goes
+on with that state: its learning curve from then on is the one it trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from hpo_service.core.definition import (
+    Categorical,
+    FloatRange,
+    PopulationBased,
+    StudyDefinition,
+)
+from hpo_service.db.store import Store
+from hpo_service.driver.searcher import RESUME_KEY, StudySearcher
+from hpo_service.training.engine import REPLAYED_KEY
+
+SCHEDULE_ATTR = "hpo:pbt_schedule"
+_ASKED = "population-member-"  # how a member is known before Ray makes its trial
+
+
+def is_population_based(definition: StudyDefinition) -> bool:
+    return isinstance(definition.early_stopping, PopulationBased)
+
+
+def _mutations(definition: StudyDefinition) -> dict[str, Any]:
+    """Each mutated knob's space as PBT resamples it: a range's distribution, or the choices
+    (which PBT shifts along)."""
+    rule = definition.early_stopping
+    assert isinstance(rule, PopulationBased)
+    spaces: dict[str, Any] = {}
+    for knob in rule.mutate:
+        spec = definition.parameters.searched()[knob]
+        if isinstance(spec, Categorical):
+            spaces[knob] = list(spec.choices)
+        else:
+            assert isinstance(spec, FloatRange)
+            draw = tune.loguniform if spec.log else tune.uniform
+            spaces[knob] = draw(spec.low, spec.high)
+    return spaces
+
+
+def pbt_scheduler(definition: StudyDefinition, mode: str) -> PopulationBasedTraining:
+    """Ray's PBT on the primary objective, epochs as time; perturbed values are kept inside
+    the searched range."""
+    rule = definition.early_stopping
+    assert isinstance(rule, PopulationBased)
+    ranges = {
+        knob: spec
+        for knob in rule.mutate
+        if isinstance(spec := definition.parameters.searched()[knob], FloatRange)
+    }
+
+    def keep_in_range(config: dict[str, Any]) -> dict[str, Any]:
+        for knob, spec in ranges.items():
+            config[knob] = min(max(float(config[knob]), spec.low), spec.high)
+        return config
+
+    return PopulationBasedTraining(
+        time_attr="epoch",
+        metric="objective",
+        mode=mode,
+        perturbation_interval=rule.perturbation_interval,
+        hyperparam_mutations=_mutations(definition),
+        quantile_fraction=rule.quantile_fraction,
+        resample_probability=rule.resample_probability,
+        custom_explore_fn=keep_in_range,
+        synch=rule.synch,
+        log_config=False,
+    )
+
+
+def population_search(
+    searcher: StudySearcher, members: int, concurrent: int
+) -> BasicVariantGenerator:
+    """Ask the sampler for ``members`` configurations (Optuna trials, the enqueued first), and
+    the generator that runs them, ``concurrent`` at a time."""
+    points = []
+    for i in range(members):
+        config = searcher.suggest(f"{_ASKED}{i}")
+        assert config is not None
+        # A member cut off by a crash starts again from its first epoch: its population is gone.
+        points.append({k: v for k, v in config.items() if k != RESUME_KEY})
+    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrent)
+
+
+class PopulationSearch(tune.Callback):
+    """Runs each Ray trial as the Optuna trial asked for its configuration, tells the searcher
+    its results, and records its schedule: its values of the searched knobs from each epoch
+    on."""
+
+    def __init__(
+        self, searcher: StudySearcher, store: Store, study: str, definition: StudyDefinition
+    ) -> None:
+        self.searcher = searcher
+        self.store = store
+        self.study = study
+        self.searched = list(definition.parameters.searched())
+        self.schedules: dict[str, list[dict[str, Any]]] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.schedules:  # PBT restarted it from another member's state
+            return
+        self.searcher.adopt(trial.trial_id, self._asked_for(trial.config))
+        self.schedules[trial.trial_id] = []
+
+    def _asked_for(self, config: dict[str, Any]) -> str:
+        """The unclaimed member whose configuration Ray's trial starts with."""
+        for asked in self.searcher.unclaimed(_ASKED):
+            values = self.searcher.params_of(asked)
+            if all(values.get(knob) == config.get(knob) for knob in self.searched):
+                return asked
+        raise LookupError(f"no population member was asked for the configuration {config}")
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        schedule = self.schedules.get(trial.trial_id)
+        if schedule is None or "epoch" not in result:
+            return
+        # The values of the run that reported: a result sent before PBT changed them has the
+        # old ones.
+        config = result.get("config") or trial.config
+        values = {knob: config[knob] for knob in self.searched}
+        if not schedule or {k: schedule[-1][k] for k in self.searched} != values:
+            # A replayed epoch is the state it goes on from: the new values train the next one.
+            start = int(result["epoch"]) + (1 if result.get(REPLAYED_KEY) else 0)
+            if schedule and schedule[-1]["epoch"] >= start:  # changed again before training
+                schedule.pop()
+            schedule.append({"epoch": start, **values})
+            self.searcher.set_user_attr(trial.trial_id, SCHEDULE_ATTR, schedule)
+            number = self.searcher.trial_number(trial.trial_id)
+            self.store.record_schedule(self.study, number, schedule)
+        self.searcher.on_trial_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.schedules:
+            self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.schedules:
+            self.searcher.on_trial_complete(trial.trial_id, trial.last_result, error=True)

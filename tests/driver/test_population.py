@@ -1,0 +1,68 @@
+"""Population-based training: members train at once, the worse go on from a better member's
+state with perturbed values, and each member stays one trial with its schedule of values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import optuna_trials, run, tiny_study
+
+from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.driver.population import SCHEDULE_ATTR
+from hpo_service.service.best import best_config
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+LOW, HIGH = 1e-4, 3e-2
+
+
+def test_a_population_trains_with_schedules_of_mutated_values(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    document = tiny_study(
+        "pbt",
+        tiny_models["bert"],
+        sentiment_files,
+        parameters={
+            "learning_rate": {"type": "float", "low": LOW, "high": HIGH, "log": True},
+            "weight_decay": {"type": "categorical", "choices": [0.0, 0.01, 0.1]},
+            "num_train_epochs": 4,
+        },
+        sampler={"type": "random", "seed": 3},
+        early_stopping={
+            "type": "pbt",
+            "mutate": ["learning_rate", "weight_decay"],
+            "quantile_fraction": 0.5,
+            "synch": True,  # both members compared at every epoch: an exploit every time
+        },
+        limits={"trials": 2, "concurrent_trials": 2},
+    )
+    status, store = run(document, sqlite_url, tmp_path)
+    assert status == StudyStatus.COMPLETED, store.get_study("pbt").error
+    trials = store.trials("pbt", with_curves=True)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    theirs = {t.number: t for t in optuna_trials(sqlite_url, "pbt")}
+    for trial in trials:
+        assert [e.epoch for e in trial.learning_curve] == [1, 2, 3, 4]
+        schedule = trial.schedule
+        assert schedule is not None and schedule[0]["epoch"] == 1
+        # It starts with the values Optuna proposed, and every value stays in the space.
+        first = {k: schedule[0][k] for k in ("learning_rate", "weight_decay")}
+        assert first == {k: trial.params[k] for k in first}
+        searched = theirs[trial.number].params
+        assert searched == {k: trial.params[k] for k in ("learning_rate", "weight_decay")}
+        assert theirs[trial.number].user_attrs[SCHEDULE_ATTR] == schedule
+        assert theirs[trial.number].value == trial.objective
+        for change in schedule:
+            assert LOW <= change["learning_rate"] <= HIGH
+            assert change["weight_decay"] in (0.0, 0.01, 0.1)
+        assert [c["epoch"] for c in schedule] == sorted({c["epoch"] for c in schedule})
+    changes = [c for t in trials for c in t.schedule[1:]]  # type: ignore[index]
+    assert changes, "PBT never exploited a member in 3 perturbations"
+    best = best_config(store, "pbt")  # the schedule a pipeline retrains with
+    winner = store.trial("pbt", best["trial"])
+    assert best["schedule"] == winner.schedule
+    assert best["parameters"]["learning_rate"] == winner.schedule[0]["learning_rate"]  # type: ignore[index]
