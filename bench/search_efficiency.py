@@ -473,13 +473,17 @@ def write_result(
 
 
 def report(result: dict[str, Any], out: Path) -> int:
-    """Print the table and targets of a result and plot its runs under ``out``."""
+    """Print the table and targets of a result and plot its runs under ``out``. The summary is
+    computed again from the runs, so runs of several commands can be merged into one JSON."""
+    runs = [SearchRun(**{**r, "trials": [Trial(**t) for t in r["trials"]]}) for r in result["runs"]]
+    summary = summarize(runs)
+    result = {**result, "summary": summary, "targets": targets(summary)}
     print()
-    print(table(result["summary"]))
+    print(table(summary))
     print()
     print(json.dumps(result["targets"], indent=2))
-    runs = [SearchRun(**{**r, "trials": [Trial(**t) for t in r["trials"]]}) for r in result["runs"]]
-    plots = plot(runs, result["summary"], out)
+    plots = plot(runs, summary, out)
+    (out / "search_efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'search_efficiency.json'} and {len(plots)} plots")
     return 0
 
@@ -500,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=min(os.cpu_count() or 1, 2), help="per trial")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--replot", type=Path, help="only print and plot this JSON's runs")
+    parser.add_argument(
+        "--replot", type=Path, help="only summarise, print and plot this JSON's runs (into --out)"
+    )
     args = parser.parse_args(argv)
     if args.replot:
         return report(json.loads(args.replot.read_text()), args.out)

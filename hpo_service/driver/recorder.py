@@ -15,6 +15,7 @@ from hpo_service.core.definition import KNOBS, StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.db.store import Store
 from hpo_service.driver.searcher import RESUME_KEY, StudySearcher, trial_outcome
+from hpo_service.training.engine import REPLAYED_KEY
 
 
 def trial_error_message(trial: Any) -> str:
@@ -34,6 +35,7 @@ class TrialRecorder(Callback):
         self.study = study
         self.searcher = searcher
         self._numbers: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}  # the last epoch recorded of each trial
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.trial_id in self._numbers:  # started again (PBT: from another trial's state)
@@ -50,8 +52,13 @@ class TrialRecorder(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        if "epoch" in result and trial.trial_id in self._numbers:
-            self.store.record_epoch(self.study, self._numbers[trial.trial_id], result)
+        if "epoch" not in result or trial.trial_id not in self._numbers:
+            return
+        epoch, last = int(result["epoch"]), self._epochs.get(trial.trial_id, 0)
+        if result.get(REPLAYED_KEY) and epoch <= last:
+            return  # PBT: another trial's epoch it goes on from; its own one stays recorded
+        self._epochs[trial.trial_id] = max(epoch, last)
+        self.store.record_epoch(self.study, self._numbers[trial.trial_id], result)
 
     def on_checkpoint(
         self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any

@@ -163,10 +163,11 @@ class StudySearcher(OptunaSearch):
         step = _step(result)
         if "micro_batch_size" in result:  # out of memory at its batch size: shown in the dashboard
             self._ot_trials[trial_id].set_user_attr(MICRO_BATCH_ATTR, result["micro_batch_size"])
-        if self.several:
+        reported = self._reported_steps.setdefault(trial_id, set())
+        if self.several or step in reported:  # an epoch reported again after a restore
             return
         self._ot_trials[trial_id].report(result[self.metric], step)
-        self._reported_steps.setdefault(trial_id, set()).add(step)
+        reported.add(step)
 
     def remember_checkpoint(self, trial_id: str, path: str) -> None:
         """Where the trial's latest checkpoint is, for a rerun after a crash."""

@@ -56,6 +56,9 @@ def test_a_population_trains_with_schedules_of_mutated_values(
         assert searched == {k: trial.params[k] for k in ("learning_rate", "weight_decay")}
         assert theirs[trial.number].user_attrs[SCHEDULE_ATTR] == schedule
         assert theirs[trial.number].value == trial.objective
+        # Both stores keep the member's own curve, also at the epoch it went on from another's.
+        curve = {e.epoch: e.objective for e in trial.learning_curve}
+        assert theirs[trial.number].intermediate_values == curve
         for change in schedule:
             assert LOW <= change["learning_rate"] <= HIGH
             assert change["weight_decay"] in (0.0, 0.01, 0.1)
