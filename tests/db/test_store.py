@@ -121,6 +121,28 @@ def test_a_trial_that_fell_back_to_a_smaller_micro_batch_keeps_it(store: Store) 
     assert [t.micro_batch_size for t in store.trials("study")] == [8, None]
 
 
+def test_several_objectives_rank_by_the_pareto_front_and_the_pick_rule(store: Store) -> None:
+    document = {
+        **definition().model_dump(mode="json"),
+        "objective": {"metric": "accuracy"},
+        "objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}],
+        "pick": {"rule": "within", "tolerance": 0.05},
+    }
+    store.create_study({"name": "study"}, StudyDefinition.model_validate(document))
+    points = [(0.90, 40.0), (0.87, 10.0), (0.80, 30.0), (0.95, 5.0)]  # the last: early-stopped
+    for number, (accuracy, seconds) in enumerate(points):
+        store.start_trial("study", number, {})
+        result = {"epoch": 1, "objective": accuracy, "accuracy": accuracy, "train_seconds": seconds}
+        store.record_epoch("study", number, result)
+        state = TrialState.EARLY_STOPPED if number == 3 else TrialState.COMPLETE
+        store.finish_trial("study", number, state)
+    assert [t.number for t in store.pareto_front("study")] == [0, 1]  # 2 is beaten by 1
+    best = store.best_trial("study")  # within 0.05 of 0.90 accuracy, the fastest
+    assert best is not None and best.number == 1 and best.learning_curve
+    [(_, listed)] = store.study_page()[0]
+    assert listed is not None and listed.number == 1
+
+
 def test_run_times_are_summed_in_sql_as_in_python(store: Store) -> None:
     store.create_study({"name": "study"}, definition())
     t0 = datetime(2026, 11, 23, 8, 0, 0, 250_000, tzinfo=UTC)

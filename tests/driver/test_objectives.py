@@ -20,9 +20,10 @@ pytestmark = pytest.mark.usefixtures("ray_runtime")
 def test_a_study_with_two_objectives_finds_and_picks_from_its_pareto_front(
     tiny_models: dict[str, Path],
     sentiment_files: tuple[Path, Path],
-    database_url: str,
+    sqlite_url: str,
     tmp_path: Path,
 ) -> None:
+    database_url = sqlite_url  # the store's Pareto ranking runs on PostgreSQL in tests/db
     document = tiny_study(
         "accurate-and-fast",
         tiny_models["bert"],
