@@ -516,18 +516,14 @@ def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
     return select(TrialRow).join(ranked, ranked.c.id == TrialRow.id).where(ranked.c.rank == 1)
 
 
-def _complete_rows(session: Session, study_id: int) -> list[TrialRow]:
-    """The study's complete search trials (confirmation runs left out)."""
+def _front(session: Session, row: StudyRow) -> list[TrialRecord]:
+    """The study's Pareto front over its complete search trials (confirmation runs left out)."""
     query = select(TrialRow).where(
-        TrialRow.study_id == study_id,
+        TrialRow.study_id == row.id,
         TrialRow.state == TrialState.COMPLETE,
         TrialRow.confirms.is_(None),
     )
-    return list(session.scalars(query))
-
-
-def _front(session: Session, row: StudyRow) -> list[TrialRecord]:
-    trials = [_trial_record(t, False) for t in _complete_rows(session, row.id)]
+    trials = [_trial_record(t, False) for t in session.scalars(query)]
     return pareto_front(trials, goals_of(row.resolved_definition))
 
 

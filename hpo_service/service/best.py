@@ -15,7 +15,7 @@ from hpo_service import __version__
 from hpo_service.core.confirmation import RULE, Confirmed, confirmation_seeds, rank
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.errors import NotFoundError
-from hpo_service.core.pareto import describe
+from hpo_service.core.pareto import describe, pick
 from hpo_service.core.records import StudyRecord, TrialRecord
 from hpo_service.core.training_args import dropout_fields, training_arguments, trial_values
 from hpo_service.db.store import Store
@@ -40,11 +40,16 @@ def best_config(store: Store, study: str) -> dict[str, Any]:
         ranked = rank(store.trials(study), definition.objective.mode)
         if ranked:
             return best_document(record, store.trial(study, ranked[0].trial.number), ranked)
+    if len(record.goals) > 1:  # the front once: the picked point and the document's list
+        front = store.pareto_front(study)
+        picked = pick(front, record.goals, record.picking)
+        if picked is None:
+            raise NotFoundError(f"study {study!r} has no complete trial yet")
+        return best_document(record, store.trial(study, picked.number), front=front)
     best = store.best_trial(study)
     if best is None:
         raise NotFoundError(f"study {study!r} has no complete trial yet")
-    front = store.pareto_front(study) if len(record.goals) > 1 else None
-    return best_document(record, best, front=front)
+    return best_document(record, best)
 
 
 def confirmation_section(ranked: list[Confirmed], seeds: list[int]) -> dict[str, Any]:
