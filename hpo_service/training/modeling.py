@@ -56,6 +56,9 @@ def load_model(spec: ModelSpec, label_names: list[str], dropout: float | None) -
         revision=spec.revision,
         config=config,
         ignore_mismatched_sizes=True,  # a classifier checkpoint with another number of labels
+        # transformers 5.25 swaps layers for hub kernels by default: they are fetched at run time
+        # (we run offline) and replace the layers that fused trials vmap over.
+        use_kernels=False,
     )
 
 
