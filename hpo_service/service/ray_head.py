@@ -14,10 +14,12 @@ import ctypes
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,10 @@ class LocalRayHead:
         """
         port = free_port()
         token = secrets.token_hex(32)
+        # A temp folder of its own: Ray's logs and sockets, and its "current cluster" file, which
+        # `ray start` would otherwise write over for every other Ray user of the machine. Short,
+        # as Ray's socket paths below it must fit in 107 characters.
+        temp_dir = tempfile.mkdtemp(prefix="hpo-ray-")
         ports = {  # all free ones, so that this head never meets another Ray on the machine
             "--port": port,
             "--ray-client-server-port": free_port(),
@@ -81,6 +87,7 @@ class LocalRayHead:
             f"--object-store-memory={object_store_bytes}",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
             *(f"{flag}={value}" for flag, value in ports.items()),
         ]
         env = {
@@ -92,7 +99,7 @@ class LocalRayHead:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(os.getpid()), *ray_start],
+                [sys.executable, "-m", __name__, str(os.getpid()), temp_dir, *ray_start],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -178,8 +185,9 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def supervise(parent: int, ray_start: list[str]) -> int:
-    """The supervisor: start the head, say ``ready``, and end it all when told or orphaned."""
+def supervise(parent: int, temp_dir: str, ray_start: list[str]) -> int:
+    """The supervisor: start the head, say ``ready``, and end it all when told or orphaned,
+    then remove the head's ``temp_dir``."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -210,6 +218,7 @@ def supervise(parent: int, ray_start: list[str]) -> int:
             STOP_GRACE_S,
         )
         _reap()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     return code
 
 
@@ -232,4 +241,4 @@ def _reap() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(supervise(int(sys.argv[1]), sys.argv[2:]))
+    sys.exit(supervise(int(sys.argv[1]), sys.argv[2], sys.argv[3:]))

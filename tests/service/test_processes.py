@@ -176,11 +176,18 @@ def test_studies_share_the_service_head(
         started = started_by(service.process.pid)
         assert count(started, "raylet --") == 1, names(started)
         assert count(started, "gcs_server") == 1, names(started)
+        # The head's temp folder is its own: `ray start` leaves the machine's "current cluster"
+        # file, which every other Ray user reads, alone and writes its own there.
+        [supervisor] = [n for n in names(started) if "hpo_service.service.ray_head" in n]
+        temp_dir = Path(supervisor.split()[4])
+        port = head_address(both[0]).rsplit(":", 1)[1]
+        assert (temp_dir / "ray_current_cluster").read_text().endswith(f":{port}")
         for name in ("first", "second"):
             study = service.wait_for(name, FINISHED, timeout=600)
             assert study["status"] == "completed", study
         head_log = (tmp_path / "work" / "logs" / "ray-head.log").read_text()
         assert head_log.count("Ray runtime started") == 1
+    assert not temp_dir.exists()  # removed with the head
 
 
 def hpo_run(document: dict, sqlite_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
