@@ -27,9 +27,10 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-## Lint and run the whole test suite (slow end-to-end tests included).
+## Lint and run the whole test suite (slow end-to-end tests included), in two pytest workers,
+## a test file per worker at a time (most of the suite waits on processes, Ray and HTTP).
 test: $(INSTALLED) browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses 2 --dist loadfile
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

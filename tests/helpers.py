@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 from click.testing import Result
 from servers import Service
 
@@ -78,3 +80,28 @@ def optuna_trials(database_url: str, name: str) -> list[optuna.trial.FrozenTrial
 def without_time(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Epoch reports less ``train_seconds`` (wall time: never the same twice)."""
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in reports]
+
+
+def processes_of(work_dir: Path) -> dict[psutil.Process, list[str]]:
+    """The live processes, with their command lines, of the service whose work folder is
+    ``work_dir``: they inherit its HPO_WORK_DIR (its drivers, its Ray head's daemons and
+    workers), so those of a test running beside this one, in another pytest worker, are left
+    out."""
+    found = {}
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(
+                "HPO_WORK_DIR"
+            ) == str(work_dir):
+                found[process] = process.cmdline()
+    return found
+
+
+def drivers_of(study: str, work_dir: Path) -> list[psutil.Process]:
+    """The driver processes running ``study`` (python -m hpo_service.driver STUDY) for the
+    service whose work folder is ``work_dir``."""
+    return [
+        process
+        for process, cmdline in processes_of(work_dir).items()
+        if "hpo_service.driver" in cmdline and cmdline[-1] == study
+    ]

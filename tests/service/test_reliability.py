@@ -5,15 +5,13 @@ and no process outlives the service."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
-from helpers import tiny_study
+from helpers import drivers_of, processes_of, tiny_study
 from servers import Service
 
 from hpo_service.core.settings import normalize_database_url
@@ -29,37 +27,6 @@ AGREES = {
     "failed": optuna.trial.TrialState.FAIL,
     "interrupted": optuna.trial.TrialState.FAIL,
 }
-# What a study run by the service may start: its drivers and a local Ray's processes.
-OURS = ("hpo_service.driver", "raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard")
-
-
-def our_processes() -> set[int]:
-    """Processes of the kinds the service starts that are not this test's own children."""
-    mine = {p.pid for p in psutil.Process().children(recursive=True)}
-    found = set()
-    for process in psutil.process_iter(["pid", "cmdline", "name", "status"]):
-        if process.info["status"] == psutil.STATUS_ZOMBIE:  # dead, only not yet reaped
-            continue
-        text = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
-        if process.info["pid"] not in mine and any(kind in text for kind in OURS):
-            found.add(process.info["pid"])
-    return found
-
-
-def describe(pids: set[int]) -> list[str]:
-    described = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            described.append(" ".join(psutil.Process(pid).cmdline())[:200])
-    return described
-
-
-def drivers_of(study: str) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "hpo_service.driver" in (p.info["cmdline"] or []) and p.info["cmdline"][-1] == study
-    ]
 
 
 def finished_trials(service: Service, name: str) -> dict[int, dict]:
@@ -101,7 +68,6 @@ def test_random_kills_of_service_and_driver_lose_nothing(
         sampler={"type": "tpe", "seed": seed, "n_startup_trials": 2},
         limits={"trials": N_TRIALS, "concurrent_trials": 2},
     )
-    before = our_processes()
     roots = [sentiment_files[0].parent]
     service = Service(database_url, tmp_path / "work", roots).start()
     kept: dict[int, dict] = {}
@@ -109,13 +75,16 @@ def test_random_kills_of_service_and_driver_lose_nothing(
         assert service.client.post("/v1/studies", json=document).status_code == 201
         for kill in range(KILLS):
             wait_for_running_trial(service, "reliable")
+            if kill == 0:  # the check at the end sees the head's daemons and workers too
+                running = " ".join(" ".join(c) for c in processes_of(tmp_path / "work").values())
+                assert "raylet" in running and "ray::" in running, running
             time.sleep(rng.uniform(0.5, 6.0))
             kept.update(finished_trials(service, "reliable"))
             if kill % 2 == 0:  # the whole service, as a crash of its machine would
                 service.kill()
                 service = Service(database_url, tmp_path / "work", roots).start()
             else:  # only the study's driver
-                for driver in drivers_of("reliable"):
+                for driver in drivers_of("reliable", tmp_path / "work"):
                     driver.kill()
         final = service.wait_for("reliable", {"completed", "failed", "cancelled"}, timeout=900)
         items = service.client.get("/v1/studies/reliable/trials").json()["items"]
@@ -135,6 +104,6 @@ def test_random_kills_of_service_and_driver_lose_nothing(
     for trial in theirs:
         assert trial.state == AGREES[trials[trial.number]["state"]], trial.number
     deadline = time.monotonic() + 30
-    while (left := our_processes() - before) and time.monotonic() < deadline:
+    while (left := processes_of(tmp_path / "work")) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not left, describe(left)
+    assert not left, [" ".join(command)[:200] for command in left.values()]

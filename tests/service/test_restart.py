@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
-from helpers import tiny_study, wait_until_midway
+from helpers import drivers_of, tiny_study, wait_until_midway
 from servers import Service
 
 from hpo_service.core.settings import normalize_database_url
@@ -22,16 +21,6 @@ AGREES = {
     "failed": optuna.trial.TrialState.FAIL,
     "interrupted": optuna.trial.TrialState.FAIL,
 }
-
-
-def drivers_of(study: str) -> list[psutil.Process]:
-    """The driver processes running ``study`` (python -m hpo_service.driver STUDY)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "hpo_service.driver" in cmdline and cmdline[-1] == study:
-            found.append(process)
-    return found
 
 
 def trials_by_number(service: Service, name: str) -> dict[int, dict]:
@@ -89,13 +78,13 @@ def test_killing_the_service_mid_study_loses_nothing(
         done_before = {
             n: t for n, t in trials_by_number(first, "survivor").items() if t["state"] != "running"
         }
-        assert drivers_of("survivor")
+        assert drivers_of("survivor", tmp_path / "work")
     finally:
         first.kill()
     deadline = time.monotonic() + 30  # the driver dies with the service (no orphan runs on)
-    while drivers_of("survivor") and time.monotonic() < deadline:
+    while drivers_of("survivor", tmp_path / "work") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not drivers_of("survivor")
+    assert not drivers_of("survivor", tmp_path / "work")
 
     with Service(sqlite_url, tmp_path / "work", roots) as second:
         trials = check_finished_exactly(second, "survivor", 6)
@@ -109,7 +98,7 @@ def test_a_killed_driver_is_started_again(
     with Service(sqlite_url, tmp_path / "work", [sentiment_files[0].parent]) as service:
         assert service.client.post("/v1/studies", json=study_document).status_code == 201
         wait_until_midway(service, "survivor", finished=1)
-        [driver] = drivers_of("survivor")
+        [driver] = drivers_of("survivor", tmp_path / "work")
         driver.kill()
         assert service.client.get("/healthz").status_code == 200  # the API is unaffected
         check_finished_exactly(service, "survivor", 6)
