@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Set
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, Select, case, create_engine, event, exists, func, select
@@ -49,11 +50,29 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _write_lock_for(engine: Engine) -> AbstractContextManager[Any]:
+    """What a write transaction holds: on SQLite, one lock per database file in this process.
+
+    SQLite lets one writer in at a time, and a writer that finds the database locked sleeps in
+    growing steps (up to 100 ms) before it tries again. Queued on a lock instead, the service's
+    own concurrent writes (submissions, say) go in one after another with no sleep.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    with _SQLITE_LOCKS_GUARD:
+        return _SQLITE_LOCKS.setdefault(str(engine.url.database), threading.Lock())
+
+
+_SQLITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_LOCKS_GUARD = threading.Lock()
+
+
 class Store:
     """Studies, trials and learning curves in hpo-service's own tables."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._write_lock = _write_lock_for(engine)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -74,14 +93,19 @@ class Store:
         return (_store_without_password, (self.engine.url.render_as_string(hide_password=True),))
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
-        """One transaction: committed at the end, rolled back on any error.
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        """One transaction: committed at the end, rolled back on any error; a ``write`` one
+        holds the store's write lock (on SQLite) throughout.
 
         A database error becomes ``StorageError`` with a one-line reason; ``IntegrityError``
         stays itself, for the callers that turn it into ``AlreadyExistsError``.
         """
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            with (
+                self._write_lock if write else nullcontext(),
+                Session(self.engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
                 yield session
         except IntegrityError:
             raise
@@ -107,7 +131,7 @@ class Store:
             n_trials=definition.planned_trials,  # the search and its confirmation runs
         )
         try:
-            with self._session() as session:
+            with self._session(write=True) as session:
                 session.add(row)
         except IntegrityError as error:  # the unique name: the one authority on taken names
             raise _name_taken(definition.name) from error
@@ -131,7 +155,7 @@ class Store:
 
         With ``only_from``, only a study in one of those states moves; returns whether it did.
         """
-        with self._session() as session:
+        with self._session(write=True) as session:
             row = self._study_row(session, name, for_update=True)
             if only_from is not None and row.status not in only_from:
                 return False
@@ -178,7 +202,7 @@ class Store:
         return page, total
 
     def record_run_environment(self, name: str, environment: RunEnvironment) -> None:
-        with self._session() as session:
+        with self._session(write=True) as session:
             row = self._study_row(session, name)
             for field, value in environment.model_dump().items():
                 setattr(row, field, value)
@@ -217,7 +241,7 @@ class Store:
         return [(end - start).total_seconds() for start, end in rows]
 
     def delete_study(self, name: str) -> None:
-        with self._session() as session:
+        with self._session(write=True) as session:
             session.delete(self._study_row(session, name))
 
     # --- trials ----------------------------------------------------------------------------------
@@ -227,7 +251,7 @@ class Store:
     ) -> None:
         """Record a trial as running; ``confirms``: the search trial a confirmation run
         repeats."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             study_row = self._study_row(session, study)
             session.add(
                 TrialRow(
@@ -241,7 +265,7 @@ class Store:
 
     def record_epoch(self, study: str, number: int, result: dict[str, Any]) -> None:
         """Store one epoch's evaluation; the trial's metrics become this epoch's."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             trial = self._trial_row(session, study, number)
             scores = {m: result.get(m) for m in METRICS}
             session.merge(
@@ -261,13 +285,13 @@ class Store:
 
     def record_schedule(self, study: str, number: int, schedule: list[dict[str, Any]]) -> None:
         """The values population-based training gave the trial, from which epoch on."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             self._trial_row(session, study, number).schedule = list(schedule)
 
     def finish_trial(
         self, study: str, number: int, state: TrialState, error: str | None = None
     ) -> None:
-        with self._session() as session:
+        with self._session(write=True) as session:
             trial = self._trial_row(session, study, number)
             trial.state = state
             trial.finished_at = utcnow()
@@ -275,7 +299,7 @@ class Store:
 
     def interrupt_running_trials(self, study: str, reason: str) -> list[int]:
         """Record every trial still running as interrupted (its driver died); their numbers."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             study_row = self._study_row(session, study)
             rows = session.scalars(
                 select(TrialRow).where(
@@ -299,7 +323,7 @@ class Store:
 
     def copy_epochs(self, study: str, source: int, target: int) -> None:
         """Give trial ``target`` the learning curve of trial ``source`` (a resumed trial)."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             source_row = self._trial_row(session, study, source)
             target_row = self._trial_row(session, study, target)
             for epoch in source_row.epoch_results:
@@ -410,7 +434,7 @@ class Store:
         """Store a token's hash; raises ``AlreadyExistsError`` if the name is taken."""
         row = ApiTokenRow(name=name, token_hash=token_hash, prefix=prefix, scope=scope)
         try:
-            with self._session() as session:
+            with self._session(write=True) as session:
                 session.add(row)
         except IntegrityError as error:
             raise AlreadyExistsError(f"a token named {name!r} already exists") from error
@@ -423,7 +447,7 @@ class Store:
 
     def revoke_token(self, name: str) -> None:
         """Revoke a token for good; raises ``NotFoundError``."""
-        with self._session() as session:
+        with self._session(write=True) as session:
             row = session.scalars(select(ApiTokenRow).where(ApiTokenRow.name == name)).first()
             if row is None:
                 raise NotFoundError(f"no token named {name!r}")

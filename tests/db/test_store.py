@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import optuna
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Float, inspect, select, text
+from sqlalchemy import Float, event, inspect, select, text
 from sqlalchemy.orm import Session
 
 from hpo_service.core.budget import RunTimes
@@ -215,3 +217,28 @@ def test_a_database_on_another_schema_revision_is_refused(database_url: str) -> 
     with pytest.raises(SchemaOutdatedError, match="hpo db upgrade"):
         ensure_schema(engine)
     assert head_revision(engine) != "0000"
+
+
+def test_concurrent_writes_on_sqlite_queue_in_the_process_not_in_sqlite(sqlite_url: str) -> None:
+    """Two stores on one SQLite file, 24 threads writing at once, and SQLite told not to wait at
+    all for its lock: every write still lands, as the process queues its writers itself."""
+    stores = [Store.open(sqlite_url) for _ in range(2)]
+    for store in stores:
+        event.listen(store.engine, "connect", _no_busy_wait)  # after make_engine's pragmas
+        store.engine.dispose()
+
+    def write(index: int) -> None:
+        store = stores[index % 2]
+        store.create_study({"name": f"s{index}"}, definition(f"s{index}"))
+        store.start_trial(f"s{index}", 0, {"learning_rate": 1e-4})
+        store.record_epoch(f"s{index}", 0, {"epoch": 1, "objective": 0.5, "accuracy": 0.5})
+
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(write, range(48)))  # raises "database is locked" if a write met another
+    assert len(stores[0].study_names()) == 48
+
+
+def _no_busy_wait(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.close()
