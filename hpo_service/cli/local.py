@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,7 +57,9 @@ def run(
         bool, typer.Option(help="Delete a finished study of the same name first.")
     ] = False,
 ) -> None:
-    """Run a study here (local Ray, or HPO_RAY_ADDRESS) and print its best configuration."""
+    """Run a study here (local Ray, or HPO_RAY_ADDRESS) and print its best configuration.
+
+    Ctrl-C or SIGTERM cancels the study; its cut-off trials are recorded as interrupted."""
     import optuna
 
     from hpo_service.driver.progress import StudyProgress
@@ -66,6 +70,9 @@ def run(
     settings = settings_for(database_url)
     if replace:
         _delete_finished(store_for(database_url), definition.name, settings.database_url)
+    # SIGTERM (a service manager, `timeout`, a cancelled CI job) stops the study as Ctrl-C does,
+    # through whatever SIGINT handler is in place then (Ray Tune's, while trials run).
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         with StudyProgress(definition, out) as progress:
             run_study(document, definition, settings, callbacks=[progress])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +92,19 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    # `ray.init` sets a SIGTERM handler of its own (exit at once): a Python handler the caller
+    # had set (`hpo run`'s: stop as Ctrl-C does) is put back.
+    handler = signal.getsignal(signal.SIGTERM)
+    _init_ray(settings)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _init_ray(settings: Settings) -> None:
     if settings.ray_address:
         _check_reachable(settings.ray_address)
         try:
@@ -112,10 +127,6 @@ def ray_runtime(settings: Settings) -> Iterator[None]:
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _check_reachable(address: str) -> None:

@@ -223,22 +223,27 @@ def wait_for_running_trial(sqlite_url: str, name: str, timeout: float = 300) -> 
     raise TimeoutError(f"{name} never ran a trial")
 
 
-@pytest.mark.parametrize("interrupt", [False, True], ids=["to-the-end", "ctrl-c"])
+@pytest.mark.parametrize(
+    "stop", [None, "ctrl-c", "sigterm"], ids=["to-the-end", "ctrl-c", "sigterm"]
+)
 def test_hpo_run_leaves_nothing_behind(
-    interrupt: bool, slow_study: dict, sqlite_url: str, tmp_path: Path
+    stop: str | None, slow_study: dict, sqlite_url: str, tmp_path: Path
 ) -> None:
     run = hpo_run(slow_study, sqlite_url, tmp_path)
     try:
         wait_for_running_trial(sqlite_url, "lasting")
         started = session_of(run.pid)
         assert any("raylet" in text for text in names(started)), names(started)
-        if interrupt:
+        if stop == "ctrl-c":
             os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        elif stop == "sigterm":
+            os.kill(run.pid, signal.SIGTERM)  # a service manager's or `timeout`'s stop
         code = run.wait(300)
     finally:
         if run.poll() is None:
             run.kill()
     log = (tmp_path / "run.log").read_text()
+    interrupt = stop is not None
     assert code == (130 if interrupt else 0), log[-3000:]
     assert "Traceback" not in log
     wait_all_gone(started | session_of(run.pid))
