@@ -112,9 +112,10 @@ class Service:
 
 class RayHead:
     """A Ray head of its own (`ray start --head --block`) on free ports, killed with its process
-    group. ``address`` is its GCS address; ``jobs_url`` its job server, if it runs one."""
+    group. ``address`` is its GCS address; ``jobs_url`` its job server, if it runs one; ``env``
+    joins the environment its processes (and its jobs) get."""
 
-    def __init__(self, folder: Path, jobs: bool = False) -> None:
+    def __init__(self, folder: Path, jobs: bool = False, **env: str) -> None:
         from ray._private.services import get_node_ip_address
 
         self.port = free_port()
@@ -152,6 +153,7 @@ class RayHead:
             os.environ,
             RAY_USAGE_STATS_ENABLED="0",
             PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",  # jobs run this venv's python
+            **env,
         )
         self.process = subprocess.Popen(
             command,

@@ -6,9 +6,9 @@ import os
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Set by the service in each driver it starts, so the driver dies with it.
@@ -26,6 +26,26 @@ def normalize_database_url(url: str) -> str:
         if path and path != ":memory:":
             return f"sqlite:///{Path(path).expanduser().resolve()}"
     return url
+
+
+def with_password(url: str, password: SecretStr) -> str:
+    """``url`` with ``password`` in it, unless it holds one already (or is SQLite's)."""
+    parts = urlsplit(url)
+    if parts.password is not None or parts.scheme.startswith("sqlite"):
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    secret = quote(password.get_secret_value(), safe="")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{secret}@{hostport}"))
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password left out (not masked: a URL that still connects where the
+    password comes from ``HPO_DATABASE_PASSWORD``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}@{hostport}"))
 
 
 def unreachable(address: str, timeout: float) -> str | None:
@@ -47,6 +67,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
 
     database_url: str = "sqlite:///hpo.db"
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="The database's password, kept out of HPO_DATABASE_URL (a secret mounted "
+        "as a variable); used where the URL names none.",
+    )
     ray_address: str | None = None
     ray_jobs_address: str | None = Field(
         default=None,
@@ -81,6 +106,12 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize(cls, url: str) -> str:
         return normalize_database_url(url)
+
+    @model_validator(mode="after")
+    def _with_password(self) -> Settings:
+        if self.database_password is not None:
+            self.database_url = with_password(self.database_url, self.database_password)
+        return self
 
     @field_validator("work_dir")
     @classmethod

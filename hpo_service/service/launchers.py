@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from hpo_service.core.settings import LOCAL_OBJECT_STORE_BYTES, PARENT_PID_VARIABLE, Settings
+from sqlalchemy import make_url
+
+from hpo_service.core.settings import (
+    LOCAL_OBJECT_STORE_BYTES,
+    PARENT_PID_VARIABLE,
+    Settings,
+    without_password,
+)
 from hpo_service.service.ray_head import LocalRayHead
 
 logger = logging.getLogger(__name__)
@@ -158,15 +165,25 @@ class RayJobLauncher:
 
         self.settings = settings
         self.client = JobSubmissionClient(settings.ray_jobs_address)
+        if make_url(settings.database_url).password is not None:
+            logger.warning(
+                "drivers run as Ray jobs get HPO_DATABASE_URL without its password: the Ray "
+                "cluster's environment must hold HPO_DATABASE_PASSWORD"
+            )
 
     def launch(self, study: str) -> Driver:
         job_id = self.client.submit_job(
             # -P: the job's working directory must not shadow packages (Ray keeps a ./ray there).
             entrypoint=f"python -P -m {DRIVER_MODULE} {shlex.quote(study)}",
             metadata={STUDY_METADATA: study},
-            # Inside a job, Ray's own RAY_ADDRESS leads `auto` to this cluster.
+            # Inside a job, Ray's own RAY_ADDRESS leads `auto` to this cluster. A job's variables
+            # show in Ray's job list and dashboard: never the database's password, which the
+            # cluster's own environment gives (HPO_DATABASE_PASSWORD).
             runtime_env={
-                "env_vars": {**driver_environment(self.settings), "HPO_RAY_ADDRESS": "auto"}
+                "env_vars": {
+                    "HPO_DATABASE_URL": without_password(self.settings.database_url),
+                    "HPO_RAY_ADDRESS": "auto",
+                }
             },
         )
         return RayJob(self.client, job_id)
