@@ -41,6 +41,7 @@ def submit_study(document: dict[str, Any], store: Store, settings: Settings) -> 
         location = getattr(definition.dataset, field)
         if location is not None:
             _check_inside(f"dataset.{field}", Path(location), settings.data_roots)
+    store.check_name_free(definition.name)  # a taken name is a 409 before any file is read
     check_model(definition.model)
     check_warm_start(definition, store.find_study)
     check_data(definition.dataset)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hpo_service.core.errors import DefinitionError
+from hpo_service.core.errors import AlreadyExistsError, DefinitionError
 from hpo_service.core.settings import Settings
 from hpo_service.db.store import Store
 from hpo_service.service import studies
@@ -96,3 +96,14 @@ def test_edited_file_is_checked_again_and_a_bad_edit_refused(
     with pytest.raises(DefinitionError):
         submit("bad-again", folder, store)
     assert store.study_names() == ["before", "appended"]
+
+
+def test_a_taken_name_is_refused_before_its_data_are_read(
+    folder: Path, sqlite_url: str, reads: list[str]
+) -> None:
+    store = Store.open(sqlite_url)
+    submit("taken", folder, store)
+    (folder / "train.csv").write_text("not,a,dataset\n")  # would be a 422 if it were read
+    with pytest.raises(AlreadyExistsError):
+        submit("taken", folder, store)
+    assert reads == [str(folder / "train.csv")]  # the first submission's check only
