@@ -18,6 +18,13 @@ EXAMPLES = ROOT / "examples"
 SHARED_DATA = Path(os.environ.get("HPO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow end-to-end tests first: spread over pytest workers a file at a time (`make test`),
+    the long files start early and the workers finish together."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay whole
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The GLUE-style datasets beside the checkout (../shared/data)."""

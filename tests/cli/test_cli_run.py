@@ -13,6 +13,8 @@ import pytest
 import yaml
 from servers import RayHead, free_port
 
+pytestmark = pytest.mark.slow  # end to end: a real service, Ray or CLI process
+
 BIN = Path(sys.executable).parent
 
 

@@ -23,6 +23,8 @@ from hpo_service.core.records import Scope
 from hpo_service.db.store import Store
 from hpo_service.service.tokens import create_token
 
+pytestmark = pytest.mark.slow  # end to end: a real service, Ray or CLI process
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState as OptunaState
 
 from hpo_service.core.records import StudyStatus, TrialState
 
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 RATES = [5e-4, 1e-3, 2e-3]
 

@@ -21,7 +21,7 @@ from hpo_service.db.reconcile import INTERRUPTED_ATTR
 from hpo_service.db.store import Store
 from hpo_service.driver.runner import resume_study
 
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 # A driver that dies, as if SIGKILLed, right after its trial saved the state of epoch 2.
 CRASHING_DRIVER = """

@@ -17,7 +17,7 @@ from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import Settings
 from hpo_service.db.store import Store
 
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "albert", "distilbert"])

@@ -21,6 +21,8 @@ from servers import BIN, Service
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.db.store import Store
 
+pytestmark = pytest.mark.slow  # end to end: a real service, Ray or CLI process
+
 FINISHED = {"completed", "failed", "cancelled"}
 Started = set[tuple[int, float]]  # (pid, start time): a pid alone may be reused
 IDLE = {"ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}  # not running a trial

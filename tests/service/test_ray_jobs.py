@@ -21,6 +21,8 @@ from helpers import tiny_study, wait_until_midway
 from servers import RayHead, Service
 from sqlalchemy import make_url
 
+pytestmark = pytest.mark.slow  # end to end: a real service, Ray or CLI process
+
 BIN = Path(sys.executable).parent
 FINISHED = {"completed", "failed", "cancelled"}
 

@@ -13,6 +13,8 @@ from servers import Service
 
 from hpo_service.core.settings import normalize_database_url
 
+pytestmark = pytest.mark.slow  # end to end: a real service, Ray or CLI process
+
 FINISHED = {"completed", "failed", "cancelled"}
 COUNTED = {"complete", "early_stopped", "failed"}
 AGREES = {
