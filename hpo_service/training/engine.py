@@ -169,7 +169,8 @@ def evaluate(
     Trainer reports it (its label smoother also computes the evaluation loss). The device is
     read once, at the end.
     """
-    batches = eval_batches(split.to(device), batch_size)
+    # No batch has more rows than the split has examples: a small dev set is not padded up.
+    batches = eval_batches(split.to(device), min(batch_size, max(len(split), 1)))
     logits, labels, losses = [], [], []
     with torch.inference_mode():
         for batch in batches:

@@ -218,6 +218,21 @@ def test_eval_loss_includes_label_smoothing_and_covers_every_example(setup: Tria
         assert scores["accuracy"] == pytest.approx(float(accuracy))
 
 
+def test_a_small_dev_set_is_not_padded_up_to_the_eval_batch(setup: TrialSetup) -> None:
+    model, _ = two_models(setup)
+    model.eval()
+    rows: list[int] = []
+
+    def logits_of(batch: Any) -> torch.Tensor:
+        rows.append(int(batch.input_ids.shape[0]))
+        return model_logits(model, None)(batch)
+
+    split = setup.data.eval
+    small = evaluate(logits_of, split, len(split) * 4, CPU)
+    assert rows == [len(split)]  # one batch of the split's own size, not 4x that
+    assert small == pytest.approx(evaluate(model_logits(model, None), split, 8, CPU), rel=1e-5)
+
+
 def test_a_seed_reproduces_a_trial_and_another_seed_differs(setup: TrialSetup) -> None:
     config = {"learning_rate": 1e-3, "num_train_epochs": 1, "batch_size": 32, "seed": 5}
     first, first_steps = run(setup, config)
