@@ -101,10 +101,11 @@ def population_search(
     return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrent)
 
 
-class PopulationSearch(tune.Callback):
+class PopulationSearch(tune.Callback, tune.Stopper):
     """Runs each Ray trial as the Optuna trial asked for its configuration, tells the searcher
     its results, and records its schedule: its values of the searched knobs from each epoch
-    on."""
+    on. As a stopper, it ends a synchronous population that lost a member: Ray's synchronous
+    PBT would wait for that member forever."""
 
     def __init__(
         self, searcher: StudySearcher, store: Store, study: str, definition: StudyDefinition
@@ -114,6 +115,10 @@ class PopulationSearch(tune.Callback):
         self.study = study
         self.searched = list(definition.parameters.searched())
         self.schedules: dict[str, list[dict[str, Any]]] = {}
+        self.synch = isinstance(definition.early_stopping, PopulationBased) and bool(
+            definition.early_stopping.synch
+        )
+        self.reason: str | None = None
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.trial_id in self.schedules:  # PBT restarted it from another member's state
@@ -157,3 +162,11 @@ class PopulationSearch(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if trial.trial_id in self.schedules:
             self.searcher.on_trial_complete(trial.trial_id, trial.last_result, error=True)
+        if self.synch:
+            self.reason = "a member failed, and a synchronous population waits for every member"
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reason is not None

@@ -347,10 +347,13 @@ def _fit(
     concurrent: int | None = packing.concurrent_trials
     scheduler = FIFOScheduler() if confirming else _scheduler(definition, mode)
     param_space: dict[str, Any] = definition.parameters.fixed_values()
-    if is_population_based(definition) and not confirming:
+    population = is_population_based(definition) and not confirming
+    if population:
         # Ray's PBT takes no search algorithm: the population is asked of Optuna up front.
         search = population_search(searcher, n_trials, packing.concurrent_trials)
-        recorders.insert(0, PopulationSearch(searcher, store, definition.name, definition))
+        members = PopulationSearch(searcher, store, definition.name, definition)
+        recorders.insert(0, members)
+        stoppers.append(members)
         concurrent = None  # the generator limits it
         # The population's values are given; Ray's variant generator only needs the keys.
         param_space = {**param_space, **dict.fromkeys(definition.parameters.searched())}
@@ -363,7 +366,9 @@ def _fit(
             num_samples=n_trials,
             max_concurrent_trials=concurrent,
             time_budget_s=None if confirming else definition.limits.time_budget_s,
-            reuse_actors=True,
+            # A reused actor must stop its training thread within 2 s when PBT moves a member;
+            # on a busy machine it may not, and the member failed ("reset_config()").
+            reuse_actors=not population,
         ),
         run_config=tune.RunConfig(
             name=definition.name,

@@ -4,12 +4,14 @@ state with perturbed values, and each member stays one trial with its schedule o
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import optuna_trials, run, tiny_study
 
+from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
-from hpo_service.driver.population import SCHEDULE_ATTR
+from hpo_service.driver.population import SCHEDULE_ATTR, PopulationSearch
 from hpo_service.service.best import best_config
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
@@ -69,3 +71,19 @@ def test_a_population_trains_with_schedules_of_mutated_values(
     winner = store.trial("pbt", best["trial"])
     assert best["schedule"] == winner.schedule
     assert best["parameters"]["learning_rate"] == winner.schedule[0]["learning_rate"]  # type: ignore[index]
+
+
+def test_a_synchronous_population_that_loses_a_member_stops_instead_of_waiting() -> None:
+    """Ray's synchronous PBT waits for every member at each perturbation: one that failed
+    would keep the rest paused forever, so the study's stopper ends the population."""
+    document = {
+        "name": "pbt",
+        "dataset": {"train": "train.csv", "eval": "dev.csv"},
+        "parameters": {"learning_rate": {"type": "float", "low": LOW, "high": HIGH}},
+        "early_stopping": {"type": "pbt", "mutate": ["learning_rate"], "synch": True},
+        "limits": {"trials": 2, "concurrent_trials": 2},
+    }
+    members = PopulationSearch(None, None, "pbt", StudyDefinition.model_validate(document))  # type: ignore[arg-type]
+    assert not members.stop_all()
+    members.on_trial_error(0, [], SimpleNamespace(trial_id="not-started"))
+    assert members.stop_all() and "a member failed" in str(members.reason)
