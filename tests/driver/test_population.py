@@ -14,7 +14,7 @@ from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.driver.population import SCHEDULE_ATTR, PopulationSearch
 from hpo_service.service.best import best_config
 
-pytestmark = pytest.mark.usefixtures("ray_runtime")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 LOW, HIGH = 1e-4, 3e-2
 
 
