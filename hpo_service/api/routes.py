@@ -151,10 +151,10 @@ def list_studies(
 @router.get("/studies/{name}", response_model=StudyDetail, responses=ERRORS)
 def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
     """Status, trial counts, progress, best so far, timestamps and error of one study."""
-    record = store.get_study(name)
-    summary = StudySummary.of(record, store.best_trial(name))
+    record, best, run_times = store.study_detail(name)
+    summary = StudySummary.of(record, best)
     definition = StudyDefinition.model_validate(record.resolved_definition)
-    outlook = forecast(store.run_times(name), definition, datetime.now(UTC))
+    outlook = forecast(run_times, definition, datetime.now(UTC))
     return StudyDetail(
         **summary.model_dump(),
         definition=record.definition,

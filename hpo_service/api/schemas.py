@@ -4,7 +4,7 @@ store's frozen records."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, Field, create_model
 
@@ -156,30 +156,14 @@ class TrialSummary(BaseModel):
     )
 
     @classmethod
-    def of(cls, trial: TrialRecord) -> TrialSummary:
-        return cls(
-            number=trial.number,
-            state=trial.state,
-            params=trial.params,
-            objective=trial.objective,
-            metrics=Metrics(**trial.metrics),
-            epochs=trial.epochs,
-            started_at=trial.started_at,
-            finished_at=trial.finished_at,
-            duration_s=trial.duration_s,
-            error=trial.error,
-            confirms=trial.confirms,
-            micro_batch_size=trial.micro_batch_size,
-            schedule=trial.schedule,
-        )
+    def of(cls, trial: TrialRecord) -> Self:
+        """The trial's fields as the API shows them (its ``metrics`` and ``duration_s`` too),
+        in one validation."""
+        return cls.model_validate(trial, from_attributes=True)
 
 
 class TrialDetail(TrialSummary):
     learning_curve: list[EpochRecord] = Field(description="One evaluation per epoch.")
-
-    @classmethod
-    def of(cls, trial: TrialRecord) -> TrialDetail:
-        return cls(**TrialSummary.of(trial).model_dump(), learning_curve=trial.learning_curve)
 
 
 class TrialPage(BaseModel):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hpo_service.core.definition import METRICS, Objective, Pick, StudyDefinition
 from hpo_service.core.errors import DefinitionError
@@ -97,7 +97,7 @@ class TrialRecord(BaseModel):
     micro_batch_size: int | None = None
     # Population-based training: from which epoch on it trained with which mutated values.
     schedule: list[dict[str, Any]] | None = None
-    learning_curve: list[EpochRecord] = []
+    learning_curve: list[EpochRecord] = Field(default_factory=list)
 
     @property
     def duration_s(self) -> float | None:

@@ -1,9 +1,11 @@
-"""`GET /v1/studies` and `GET /v1/studies/{name}/trials` on SQLite and PostgreSQL: a page costs
-the same few queries however many rows there are, and shows what reading them one by one would."""
+"""`GET /v1/studies`, `GET /v1/studies/{name}` and `GET /v1/studies/{name}/trials` on SQLite and
+PostgreSQL: each costs the same few queries however many rows there are, and shows what reading
+them one by one would."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,8 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from hpo_service.api.app import create_app
-from hpo_service.api.schemas import StudySummary, TrialSummary
+from hpo_service.api.schemas import Budget, StudySummary, TrialSummary
 from hpo_service.client import ServiceClient
+from hpo_service.core.budget import forecast
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import Settings
@@ -162,6 +165,27 @@ def test_trials_come_a_page_at_a_time_for_the_same_queries(app: tuple[TestClient
     service._http = client  # the in-process app behind the real client's paging
     all_trials = service.all_trials("study-000", page_size=64)
     assert [t.model_dump(mode="json") for t in all_trials] == everything
+
+
+def test_a_study_costs_the_same_queries_for_few_or_many_trials(
+    app: tuple[TestClient, Store],
+) -> None:
+    client, store = app
+    add_studies(store, 0, 1)  # its objective is eval_loss; trials 0..: complete, 0 the best
+    add_trials(store, "study-000", 0, 3)
+    few, few_queries = queries_of(client, store, "/v1/studies/study-000")
+    add_trials(store, "study-000", 3, 247)
+    many, many_queries = queries_of(client, store, "/v1/studies/study-000")
+    assert many_queries == few_queries <= 4
+    assert (few["best"]["trial"], many["best"]["trial"]) == (0, 0)
+    assert many["trial_counts"]["complete"] == 250 and many["progress"]["finished"] == 250
+    record = store.get_study("study-000")
+    alone = StudySummary.of(record, store.best_trial("study-000")).model_dump(mode="json")
+    assert {key: many[key] for key in alone} == alone
+    definition = StudyDefinition.model_validate(record.resolved_definition)
+    outlook = forecast(store.run_times("study-000"), definition, datetime.now(UTC))
+    budget = Budget.of(outlook, definition, record.status.is_active).model_dump(mode="json")
+    assert many["budget"] == budget
 
 
 def test_one_trial_comes_with_its_curve(app: tuple[TestClient, Store]) -> None:

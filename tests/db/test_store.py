@@ -180,6 +180,8 @@ def test_run_times_are_summed_in_sql_as_in_python(store: Store) -> None:
     now = t0 + timedelta(hours=1)
     assert summed.seconds(now) == pytest.approx((30.5 + 12.25 + 1 + 6 + 24 + 20) * 60, abs=0.01)
     assert store.run_times("study") == store.run_times("study")  # the same query, the same sums
+    # What `GET /v1/studies/{name}` reads in one transaction is what each reads alone.
+    assert store.study_detail("study") == (store.get_study("study"), None, summed)
 
 
 def test_deleting_a_study_deletes_its_trials(store: Store) -> None:
