@@ -13,7 +13,8 @@ the test server, dropped afterwards):
    submitted studies stay queued);
 3. one submission checks the data (SST-2's TSVs) for the first time (``cold`` row), then locust
    (headless, ``--clients`` users started at once, no wait between requests) sends a fixed
-   number of requests to one endpoint at a time: ``POST /v1/studies`` (the same files, each
+   number of requests to one endpoint at a time: ``GET /healthz`` (the floor: what an answer
+   that reads nothing costs under the same load), ``POST /v1/studies`` (the same files, each
    study a new name), ``GET /v1/studies/{name}`` and ``GET /v1/studies/{name}/trials`` of the
    study of step 1. Each phase stops after its requests or ``--phase-limit`` seconds.
 
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 STUDY = "recorded"
 ENDPOINTS = {  # phase -> (method, locust's name for the request)
+    "health": ("GET", "GET /healthz"),  # the floor: an answer with no query, same load
     "submit": ("POST", "POST /v1/studies"),
     "study": ("GET", "GET /v1/studies/{name}"),
     "trials": ("GET", "GET /v1/studies/{name}/trials"),
@@ -87,6 +89,8 @@ if "locust.main" in sys.modules:  # loaded by `locust -f bench/latency.py`: the 
                 document = {**_DOCUMENT, "name": f"load-{os.getpid()}-{_sent}"}
                 with self.client.post("/v1/studies", json=document, name=name) as answer:
                     assert answer.status_code == 201, answer.text
+            elif _PHASE == "health":
+                self.client.get("/healthz", name=name)
             elif _PHASE == "study":
                 self.client.get(f"/v1/studies/{STUDY}", name=name)
             else:
@@ -307,7 +311,12 @@ def measure(backend: str, args: argparse.Namespace, folder: Path) -> list[dict[s
             assert first.status_code == 201, first.text
             cold = {"ms": (time.perf_counter() - started) * 1000, "error": "None", "end": end}
             rows.append(summary(backend, "submit (cold)", [cold]))
-            counts = {"submit": args.submissions, "study": args.reads, "trials": args.reads}
+            counts = {
+                "health": args.reads,
+                "submit": args.submissions,
+                "study": args.reads,
+                "trials": args.reads,
+            }
             for phase, requests in counts.items():
                 samples = run_phase(
                     service.url, phase, args.clients, requests, args.phase_limit, document, folder

@@ -32,8 +32,9 @@ def test_latency_measures_every_endpoint(shared_data: Path, tmp_path: Path) -> N
 
     rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
     by_endpoint = {row["endpoint"]: row for row in rows}
-    assert set(by_endpoint) == {"submit (cold)", "submit", "study", "trials"}
-    for endpoint, requests in {"submit (cold)": 1, "submit": 4, "study": 6, "trials": 6}.items():
+    expected = {"health": 6, "submit (cold)": 1, "submit": 4, "study": 6, "trials": 6}
+    assert set(by_endpoint) == set(expected)
+    for endpoint, requests in expected.items():
         row = by_endpoint[endpoint]
         assert (row["requests"], row["failures"]) == (requests, 0), row
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
