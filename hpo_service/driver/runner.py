@@ -366,9 +366,10 @@ def _fit(
             num_samples=n_trials,
             max_concurrent_trials=concurrent,
             time_budget_s=None if confirming else definition.limits.time_budget_s,
-            # A reused actor must stop its training thread within 2 s when PBT moves a member;
-            # on a busy machine it may not, and the member failed ("reset_config()").
-            reuse_actors=not population,
+            # A reused actor must stop its training thread within 2 s when PBT moves a member
+            # or ASHA stops a fused member (whose thread waits on its worker for an epoch); it
+            # may not, and the actor's next trial failed ("reset_config()").
+            reuse_actors=not population and packing.fuse_trials <= 1,
         ),
         run_config=tune.RunConfig(
             name=definition.name,
