@@ -189,11 +189,7 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
             score=100 * float(r.objective if r.objective is not None else math.nan),
             epochs=r.epochs,
             seconds=float(r.duration_s or 0.0) * share,
-            # PBT: the values it ended with (its schedule's last), as it planned its epochs.
-            params={
-                **r.params,
-                **{k: v for k, v in (r.schedule or [{}])[-1].items() if k != "epoch"},
-            },
+            params=final_params(r),
             stopped_early=r.state == TrialState.EARLY_STOPPED,
         )
         for r in finished

@@ -104,8 +104,8 @@ def population_search(
 class PopulationSearch(tune.Callback, tune.Stopper):
     """Runs each Ray trial as the Optuna trial asked for its configuration, tells the searcher
     its results, and records its schedule: its values of the searched knobs from each epoch
-    on. As a stopper, it ends a synchronous population that lost a member: Ray's synchronous
-    PBT would wait for that member forever."""
+    on. As a stopper, it ends each member at its last planned epoch, and a synchronous
+    population that lost a member: Ray's synchronous PBT would wait for that member forever."""
 
     def __init__(
         self, searcher: StudySearcher, store: Store, study: str, definition: StudyDefinition
@@ -166,7 +166,11 @@ class PopulationSearch(tune.Callback, tune.Stopper):
             self.reason = "a member failed, and a synchronous population waits for every member"
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
+        """A member's last planned epoch ends it here, before PBT sees the result: PBT would
+        otherwise restart a member that finished from another member's state, where it trains
+        nothing more and would end with that member's score, and would keep a finished member
+        as a member to copy."""
+        return "epoch" in result and int(result["epoch"]) >= int(result["epochs_planned"])
 
     def stop_all(self) -> bool:
         return self.reason is not None

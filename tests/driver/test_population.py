@@ -65,6 +65,9 @@ def test_a_population_trains_with_schedules_of_mutated_values(
             assert LOW <= change["learning_rate"] <= HIGH
             assert change["weight_decay"] in (0.0, 0.01, 0.1)
         assert [c["epoch"] for c in schedule] == sorted({c["epoch"] for c in schedule})
+        # No change after its last epoch: a member that finished is not restarted from
+        # another's state (it would end with that member's score as its own).
+        assert schedule[-1]["epoch"] <= 4, schedule
     changes = [c for t in trials for c in t.schedule[1:]]  # type: ignore[index]
     assert changes, "PBT never exploited a member in 3 perturbations"
     best = best_config(store, "pbt")  # the schedule a pipeline retrains with
@@ -73,7 +76,7 @@ def test_a_population_trains_with_schedules_of_mutated_values(
     assert best["parameters"]["learning_rate"] == winner.schedule[0]["learning_rate"]  # type: ignore[index]
 
 
-def test_a_synchronous_population_that_loses_a_member_stops_instead_of_waiting() -> None:
+def test_members_end_at_their_last_epoch_and_a_synchronous_population_losing_one_stops() -> None:
     """Ray's synchronous PBT waits for every member at each perturbation: one that failed
     would keep the rest paused forever, so the study's stopper ends the population."""
     document = {
@@ -85,5 +88,8 @@ def test_a_synchronous_population_that_loses_a_member_stops_instead_of_waiting()
     }
     members = PopulationSearch(None, None, "pbt", StudyDefinition.model_validate(document))  # type: ignore[arg-type]
     assert not members.stop_all()
+    # Each member ends at its last planned epoch, before PBT could restart it from another's.
+    assert not members("t", {"epoch": 1, "epochs_planned": 2})
+    assert members("t", {"epoch": 2, "epochs_planned": 2})
     members.on_trial_error(0, [], SimpleNamespace(trial_id="not-started"))
     assert members.stop_all() and "a member failed" in str(members.reason)
