@@ -5,9 +5,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Set
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Select, case, create_engine, event, exists, func, select
+from sqlalchemy import (
+    Engine,
+    Select,
+    case,
+    create_engine,
+    event,
+    exists,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased, selectinload
@@ -65,6 +75,14 @@ def _write_lock_for(engine: Engine) -> AbstractContextManager[Any]:
 
 _SQLITE_LOCKS: dict[str, threading.Lock] = {}
 _SQLITE_LOCKS_GUARD = threading.Lock()
+
+
+class StudyVersion(NamedTuple):
+    """What an answer about a study is kept under: a study deleted and submitted again under
+    its name has a new ``id``; every write to it or its trials increases ``revision``."""
+
+    id: int
+    revision: int
 
 
 class Store:
@@ -165,6 +183,7 @@ class Store:
             if status.is_finished:
                 row.finished_at = utcnow()
             row.error = error
+            _touch(session, row.id)
             return True
 
     def get_study(self, name: str) -> StudyRecord:
@@ -180,6 +199,15 @@ class Store:
             row = self._study_row(session, name)
             counts, times = _counts_and_run_times(session, row.id)
             return _study_record(row, counts), _best_trial(session, row), times
+
+    def study_version(self, name: str) -> StudyVersion:
+        """The study's row id and revision, in one query; raises ``NotFoundError``."""
+        with self._session() as session:
+            query = select(StudyRow.id, StudyRow.revision).where(StudyRow.name == name)
+            row = session.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"no study named {name!r}")
+        return StudyVersion(*row)
 
     def find_study(self, name: str) -> StudyRecord | None:
         """The study called ``name``, or ``None``."""
@@ -214,6 +242,7 @@ class Store:
             row = self._study_row(session, name)
             for field, value in environment.model_dump().items():
                 setattr(row, field, value)
+            _touch(session, row.id)
 
     def study_names(self, status: StudyStatus | None = None) -> list[str]:
         """Names of the studies (with ``status``), oldest first."""
@@ -270,6 +299,7 @@ class Store:
                     confirms=confirms,
                 )
             )
+            _touch(session, study_row.id)
 
     def record_epoch(self, study: str, number: int, result: dict[str, Any]) -> None:
         """Store one epoch's evaluation; the trial's metrics become this epoch's."""
@@ -290,11 +320,14 @@ class Store:
             trial.micro_batch_size = result.get("micro_batch_size", trial.micro_batch_size)
             for metric, value in scores.items():
                 setattr(trial, metric, value)
+            _touch(session, trial.study_id)
 
     def record_schedule(self, study: str, number: int, schedule: list[dict[str, Any]]) -> None:
         """The values population-based training gave the trial, from which epoch on."""
         with self._session(write=True) as session:
-            self._trial_row(session, study, number).schedule = list(schedule)
+            trial = self._trial_row(session, study, number)
+            trial.schedule = list(schedule)
+            _touch(session, trial.study_id)
 
     def finish_trial(
         self, study: str, number: int, state: TrialState, error: str | None = None
@@ -304,6 +337,7 @@ class Store:
             trial.state = state
             trial.finished_at = utcnow()
             trial.error = error
+            _touch(session, trial.study_id)
 
     def interrupt_running_trials(self, study: str, reason: str) -> list[int]:
         """Record every trial still running as interrupted (its driver died); their numbers."""
@@ -316,6 +350,7 @@ class Store:
             ).all()
             for row in rows:
                 row.state, row.error, row.finished_at = TrialState.INTERRUPTED, reason, utcnow()
+            _touch(session, study_row.id)
             return [row.number for row in rows]
 
     def running_trial_numbers(self, study: str) -> list[int]:
@@ -338,6 +373,7 @@ class Store:
                 values = {c: getattr(epoch, c) for c in ("epoch", "objective", "train_loss")}
                 scores = {m: getattr(epoch, m) for m in METRICS}
                 session.merge(EpochRow(trial_id=target_row.id, **values, **scores))
+            _touch(session, target_row.study_id)
 
     def finished_trial_count(self, study: str) -> int:
         """Trials that count towards ``limits.trials``: the search's (not the confirmation
@@ -484,6 +520,13 @@ def _epoch_seconds_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> s
 @compiles(epoch_seconds, "postgresql")
 def _epoch_seconds_postgresql(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
     return f"CAST(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)}) AS FLOAT)"
+
+
+def _touch(session: Session, study_id: int) -> None:
+    """Count a write to the study or its trials: its next revision."""
+    session.execute(
+        update(StudyRow).where(StudyRow.id == study_id).values(revision=StudyRow.revision + 1)
+    )
 
 
 def _name_taken(name: str) -> AlreadyExistsError:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -73,6 +74,9 @@ class StudyRow(Base):
     transformers_version: Mapped[str | None] = mapped_column(String(32))
     optuna_version: Mapped[str | None] = mapped_column(String(32))
     ray_version: Mapped[str | None] = mapped_column(String(32))
+    # Increased by every write to the study or its trials: what the API's kept answers are
+    # checked against (revision 0005).
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     trials: Mapped[list[TrialRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="TrialRow.number"

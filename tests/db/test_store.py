@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from hpo_service.core.budget import RunTimes
 from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.errors import AlreadyExistsError, NotFoundError, SchemaOutdatedError
-from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.core.records import RunEnvironment, StudyStatus, TrialState
 from hpo_service.core.settings import normalize_database_url
 from hpo_service.db.migrate import VERSION_TABLE, ensure_schema, head_revision, include_name
 from hpo_service.db.store import Store, make_engine
@@ -244,3 +244,53 @@ def _no_busy_wait(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA busy_timeout=0")
     cursor.close()
+
+
+def test_every_write_to_a_study_or_its_trials_moves_its_version_and_reads_do_not(
+    store: Store,
+) -> None:
+    """The API keeps its answers about a study under its version: a write that left it
+    unchanged would leave a stale answer served."""
+    store.create_study({"name": "study"}, definition())
+    store.create_study({"name": "other"}, definition("other"))
+    other = store.study_version("other")
+    environment = RunEnvironment(
+        model_type="bert",
+        dataset_fingerprint="sha256:0",
+        torch_version="2",
+        transformers_version="5",
+        optuna_version="5",
+        ray_version="2",
+    )
+    writes = {
+        "set_status": lambda: store.set_status("study", StudyStatus.RUNNING),
+        "record_run_environment": lambda: store.record_run_environment("study", environment),
+        "start_trial": lambda: store.start_trial("study", 0, {"learning_rate": 1e-4}),
+        "record_epoch": lambda: store.record_epoch(
+            "study", 0, {"epoch": 1, "objective": 0.5, "accuracy": 0.5}
+        ),
+        "record_schedule": lambda: store.record_schedule(
+            "study", 0, [{"epoch": 1, "learning_rate": 1e-4}]
+        ),
+        "finish_trial": lambda: store.finish_trial("study", 0, TrialState.COMPLETE),
+        "start another": lambda: store.start_trial("study", 1, {"learning_rate": 2e-4}),
+        "copy_epochs": lambda: store.copy_epochs("study", 0, 1),
+        "interrupt_running_trials": lambda: store.interrupt_running_trials("study", "it died"),
+    }
+    version = store.study_version("study")
+    for write, change in writes.items():
+        change()
+        moved = store.study_version("study")
+        for read in (store.study_detail, store.trial_page, store.trials):
+            read("study")
+        assert store.study_version("study") == moved  # reads change nothing
+        assert moved.id == version.id and moved.revision > version.revision, write
+        version = moved
+    assert not store.set_status("study", StudyStatus.QUEUED, only_from={StudyStatus.FAILED})
+    assert store.study_version("study") == version  # nothing written
+    assert store.study_version("other") == other
+    store.delete_study("study")
+    with pytest.raises(NotFoundError):
+        store.study_version("study")
+    store.create_study({"name": "study"}, definition())
+    assert store.study_version("study").id != version.id  # the same name, another study
