@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from hpo_service import __version__
+from hpo_service.api.answers import AnswerCache
 from hpo_service.api.auth import TokenAuth, auth_required, login_router
 from hpo_service.api.errors import error_response
 from hpo_service.api.metrics import add_metrics
@@ -57,6 +58,7 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.answers = AnswerCache()
     app.include_router(router)
     app.include_router(login_router)
     _add_probes(app, settings, store)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from hpo_service.api.answers import AnswerCache
 from hpo_service.api.schemas import (
     Budget,
     Message,
@@ -43,8 +44,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_answers(request: Request) -> AnswerCache:
+    return request.app.state.answers
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+AnswersDep = Annotated[AnswerCache, Depends(get_answers)]
 # A name no study can have (a NUL byte, a slash) is a 422 before any query.
 StudyName = Annotated[str, Path(pattern=NAME_PATTERN, description="The study's name.")]
 
@@ -149,32 +155,48 @@ def list_studies(
 
 
 @router.get("/studies/{name}", response_model=StudyDetail, responses=ERRORS)
-def get_study(name: StudyName, store: StoreDep) -> StudyDetail:
+def get_study(name: StudyName, store: StoreDep, answers: AnswersDep) -> Response:
     """Status, trial counts, progress, best so far, timestamps and error of one study."""
+    key, version = ("study", name), store.study_version(name)
+    if (kept := answers.get(key, version)) is not None:
+        return _json(kept)
     record, best, run_times = store.study_detail(name)
     summary = StudySummary.of(record, best)
     definition = StudyDefinition.model_validate(record.resolved_definition)
     outlook = forecast(run_times, definition, datetime.now(UTC))
-    return StudyDetail(
+    body = StudyDetail(
         **summary.model_dump(),
         definition=record.definition,
         resolved_definition=record.resolved_definition,
         budget=Budget.of(outlook, definition, record.status.is_active),
-    )
+    ).model_dump_json()
+    if not run_times.running:  # a running trial's time, and so the spend, goes on by itself
+        answers.put(key, version, body)
+    return _json(body)
 
 
 @router.get("/studies/{name}/trials", response_model=TrialPage, responses=ERRORS)
 def list_trials(
     name: StudyName,
     store: StoreDep,
+    answers: AnswersDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> TrialPage:
+) -> Response:
     """The study's trials by number, a page at a time: parameters, state, objective, metrics,
     epochs and duration."""
-    page, total = store.trial_page(name, offset, limit)
-    items = [TrialSummary.of(t) for t in page]
-    return TrialPage(items=items, total=total, offset=offset, limit=limit)
+    key, version = ("trials", name, offset, limit), store.study_version(name)
+    if (kept := answers.get(key, version)) is None:
+        page, total = store.trial_page(name, offset, limit)
+        items = [TrialSummary.of(t) for t in page]
+        kept = TrialPage(items=items, total=total, offset=offset, limit=limit).model_dump_json()
+        answers.put(key, version, kept)
+    return _json(kept)
+
+
+def _json(body: str) -> Response:
+    """An answer serialized already (FastAPI would validate the model again to serialize it)."""
+    return Response(body, media_type="application/json")
 
 
 @router.get("/studies/{name}/trials/{number}", response_model=TrialDetail, responses=ERRORS)

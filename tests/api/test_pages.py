@@ -176,7 +176,7 @@ def test_a_study_costs_the_same_queries_for_few_or_many_trials(
     few, few_queries = queries_of(client, store, "/v1/studies/study-000")
     add_trials(store, "study-000", 3, 247)
     many, many_queries = queries_of(client, store, "/v1/studies/study-000")
-    assert many_queries == few_queries <= 4
+    assert many_queries == few_queries <= 5  # its version, then the four of its answer
     assert (few["best"]["trial"], many["best"]["trial"]) == (0, 0)
     assert many["trial_counts"]["complete"] == 250 and many["progress"]["finished"] == 250
     record = store.get_study("study-000")
@@ -203,3 +203,28 @@ def test_one_trial_comes_with_its_curve(app: tuple[TestClient, Store]) -> None:
     for query in ("offset=-1", f"offset={2**63}", "limit=0", "limit=1001"):
         answer = client.get(f"/v1/studies/study-000/trials?{query}")
         assert answer.status_code == 422, answer.text
+
+
+@pytest.mark.parametrize("path", ["/v1/studies/study-000", "/v1/studies/study-000/trials"])
+def test_an_answer_is_kept_until_the_study_or_its_trials_change(
+    app: tuple[TestClient, Store], path: str
+) -> None:
+    client, store = app
+    add_studies(store, 0, 1)
+    add_trials(store, "study-000", 0, 3)
+    built, built_queries = queries_of(client, store, path)
+    kept, kept_queries = queries_of(client, store, path)
+    assert kept == built and kept_queries == 1 < built_queries  # its version only
+    store.start_trial("study-000", 3, {"learning_rate": 1e-4})  # a trial starts running
+    running, _ = queries_of(client, store, path)
+    assert running != kept
+    if path.endswith("/trials"):
+        assert [t["state"] for t in running["items"]][-1] == "running"
+        assert queries_of(client, store, path)[1] == 1  # kept again
+    else:  # its spend counts the running trial's time until now: built at every read
+        assert running["trial_counts"]["running"] == 1
+        assert queries_of(client, store, path)[1] == built_queries
+    store.finish_trial("study-000", 3, TrialState.FAILED)
+    assert queries_of(client, store, path)[0] != running
+    store.delete_study("study-000")
+    assert client.get(path).status_code == 404
