@@ -56,6 +56,8 @@ def ray_runtime() -> Iterator[None]:
     """One local Ray for the whole session; the runner uses it instead of starting its own."""
     import ray
 
+    from hpo_service.training.trainable import RESET_WAIT_VARIABLE
+
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(
         address="local",
@@ -63,6 +65,9 @@ def ray_runtime() -> Iterator[None]:
         include_dashboard=False,
         object_store_memory=256 * 1024 * 1024,
         log_to_driver=False,
+        # Ray's own wait for a stopped trial before it reuses the actor: 0 s fails every reuse
+        # (the study hung) unless the trials set a wait of their own, as they must.
+        runtime_env={"env_vars": {RESET_WAIT_VARIABLE: "0"}},
     )
     yield
     ray.shutdown()

@@ -366,9 +366,9 @@ def _fit(
             num_samples=n_trials,
             max_concurrent_trials=concurrent,
             time_budget_s=None if confirming else definition.limits.time_budget_s,
-            # A reused actor must stop its training thread within 2 s when PBT moves a member
-            # or ASHA stops a fused member (whose thread waits on its worker for an epoch); it
-            # may not, and the actor's next trial failed ("reset_config()").
+            # Actors are reused only where a stopped trial's thread waits at its last report and
+            # ends at once: a PBT member moved, or a fused member's stand-in (waiting on its
+            # worker for an epoch), may not end within Ray's reset wait (RESET_WAIT_SECONDS).
             reuse_actors=not population and packing.fuse_trials <= 1,
         ),
         run_config=tune.RunConfig(

@@ -26,6 +26,12 @@ from hpo_service.training.batches import TensorData
 # `HPO_TORCH_COMPILE=1` in the workers' environment compiles each trial's model (CUDA only).
 COMPILE_VARIABLE = "HPO_TORCH_COMPILE"
 STATE_FILE = "state.pt"
+# Before a reused actor starts its next trial, Ray waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s)
+# for the stopped trial's thread to end (the engine frees its model on the way out). A busy
+# machine can take longer; Ray then errors the next trial without telling the search algorithm,
+# whose concurrency limit waits for it forever: the study hangs, a trial short.
+RESET_WAIT_VARIABLE = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+RESET_WAIT_SECONDS = 120
 logger = logging.getLogger(__name__)
 
 
@@ -127,6 +133,7 @@ def fit_in_memory(
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune function trainable: fine-tune with ``config``'s knob values, at a smaller
     micro-batch if the device runs out of memory (see ``fit_in_memory``)."""
+    os.environ[RESET_WAIT_VARIABLE] = str(RESET_WAIT_SECONDS)  # read by this actor's next reset
     compile_model = os.environ.get(COMPILE_VARIABLE) == "1"
     resume = config.get("resume") or {}
     checkpoints = RayCheckpoints(resume.get("checkpoint")) if setup.checkpoints else None
