@@ -16,7 +16,10 @@ the test server, dropped afterwards):
    number of requests to one endpoint at a time: ``GET /healthz`` (the floor: what an answer
    that reads nothing costs under the same load), ``POST /v1/studies`` (the same files, each
    study a new name), ``GET /v1/studies/{name}`` and ``GET /v1/studies/{name}/trials`` of the
-   study of step 1. Each phase stops after its requests or ``--phase-limit`` seconds.
+   study of step 1 (answers the service keeps while the study is unchanged), and the same reads
+   built at every request (``built`` rows): the study of a second such study with one more
+   trial running (its spend counts the time going by), and pages of trials at offsets no
+   request asked for before. Each phase stops after its requests or ``--phase-limit`` seconds.
 
 Latency is each request's time as locust's client saw it (send to last byte). Prints a table;
 writes ``latency.json`` under ``--out``. Needs locust (``.venv/bin/pip install locust``).
@@ -41,11 +44,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 STUDY = "recorded"
+RUNNING = "running"  # the same trials and one more, running: its answer is built every read
 ENDPOINTS = {  # phase -> (method, locust's name for the request)
     "health": ("GET", "GET /healthz"),  # the floor: an answer with no query, same load
     "submit": ("POST", "POST /v1/studies"),
     "study": ("GET", "GET /v1/studies/{name}"),
+    "study (built)": ("GET", "GET /v1/studies/{name} (a trial running)"),
     "trials": ("GET", "GET /v1/studies/{name}/trials"),
+    "trials (built)": ("GET", "GET /v1/studies/{name}/trials?offset={n}"),
 }
 TARGET_MS = {"submit": 300.0, "study": 100.0, "trials": 100.0}
 
@@ -93,8 +99,12 @@ if "locust.main" in sys.modules:  # loaded by `locust -f bench/latency.py`: the 
                 self.client.get("/healthz", name=name)
             elif _PHASE == "study":
                 self.client.get(f"/v1/studies/{STUDY}", name=name)
-            else:
+            elif _PHASE == "study (built)":
+                self.client.get(f"/v1/studies/{RUNNING}", name=name)
+            elif _PHASE == "trials":
                 self.client.get(f"/v1/studies/{STUDY}/trials", name=name)
+            else:  # a page no request asked for before: built, not kept
+                self.client.get(f"/v1/studies/{STUDY}/trials?offset={_sent}", name=name)
 
 
 def study_document(name: str, model: Path, data: Path) -> dict[str, Any]:
@@ -292,6 +302,9 @@ def measure(backend: str, args: argparse.Namespace, folder: Path) -> list[dict[s
     from servers import Service
     from tiny_models import save_tiny_model
 
+    from hpo_service.core.records import StudyStatus
+    from hpo_service.db.store import Store
+
     model = folder / "tiny-bert"
     if not model.is_dir():
         save_tiny_model("bert", model)
@@ -300,6 +313,11 @@ def measure(backend: str, args: argparse.Namespace, folder: Path) -> list[dict[s
         document = study_document(STUDY, model, args.data)
         insert_s = record_trials(url, document, args.trials)
         print(f"{backend}: {args.trials} trials recorded in {insert_s:.1f} s", flush=True)
+        record_trials(url, study_document(RUNNING, model, args.data), args.trials)
+        running = Store.open(url)
+        running.set_status(RUNNING, StudyStatus.RUNNING)
+        running.start_trial(RUNNING, args.trials, {"learning_rate": 1e-4})
+        running.engine.dispose()
         service = Service(url, folder / f"work-{backend}", [args.data, folder])
         service.env["HPO_MAX_RUNNING_STUDIES"] = "0"  # submitted studies stay queued
         with service:
@@ -315,7 +333,9 @@ def measure(backend: str, args: argparse.Namespace, folder: Path) -> list[dict[s
                 "health": args.reads,
                 "submit": args.submissions,
                 "study": args.reads,
+                "study (built)": args.reads,
                 "trials": args.reads,
+                "trials (built)": args.reads,
             }
             for phase, requests in counts.items():
                 samples = run_phase(

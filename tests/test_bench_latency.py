@@ -33,6 +33,7 @@ def test_latency_measures_every_endpoint(shared_data: Path, tmp_path: Path) -> N
     rows = json.loads((tmp_path / "latency.json").read_text())["rows"]
     by_endpoint = {row["endpoint"]: row for row in rows}
     expected = {"health": 6, "submit (cold)": 1, "submit": 4, "study": 6, "trials": 6}
+    expected |= {"study (built)": 6, "trials (built)": 6}
     assert set(by_endpoint) == set(expected)
     for endpoint, requests in expected.items():
         row = by_endpoint[endpoint]
