@@ -19,6 +19,7 @@ from hpo_service.core.records import TrialState
 
 HOUR_S = 3600.0
 TrialTimes = tuple[TrialState, datetime, datetime | None]  # state, started, finished
+TimesGroup = tuple[TrialState, bool, int, float]  # see RunTimes.of_groups
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,29 @@ class RunTimes:
 
     @classmethod
     def of(cls, trials: Iterable[TrialTimes]) -> RunTimes:
-        """The sums over each trial's (state, start, end): what the store's query computes."""
+        """The sums over each trial's (state, start, end)."""
+        return cls.of_groups(
+            (state, True, 1, (end - start).total_seconds())
+            if end is not None
+            else (state, False, 1, start.timestamp())
+            for state, start, end in trials
+        )
+
+    @classmethod
+    def of_groups(cls, groups: Iterable[TimesGroup]) -> RunTimes:
+        """The sums over groups of trials: (state, ended, count, the run seconds of the ended
+        ones or the start times of the running ones, summed), as the store's query gives them."""
         ended_s = finished_s = since_s = 0.0
         finished = running = 0
-        for state, start, end in trials:
-            if end is None:
-                running += 1
-                since_s += start.timestamp()
+        for state, ended, count, total in groups:
+            if not ended:
+                running += count
+                since_s += total
                 continue
-            seconds = (end - start).total_seconds()
-            ended_s += seconds
+            ended_s += total
             if state.is_finished:
-                finished += 1
-                finished_s += seconds
+                finished += count
+                finished_s += total
         return cls(ended_s, finished, finished_s, running, since_s)
 
     def seconds(self, now: datetime) -> float:

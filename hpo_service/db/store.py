@@ -603,7 +603,7 @@ def _counts_and_run_times(
     session: Session, study_id: int
 ) -> tuple[dict[TrialState, int], RunTimes]:
     """The study's trials by state (every state present) and their run times summed as
-    ``RunTimes.of`` sums them: one query, a row per (state, ended or not)."""
+    ``RunTimes.of_groups``: one query, a row per (state, ended or not)."""
     ended = TrialRow.finished_at.is_not(None)
     started_s = epoch_seconds(TrialRow.started_at)
     # An ended trial's run time; a running one's start.
@@ -613,20 +613,11 @@ def _counts_and_run_times(
         .where(TrialRow.study_id == study_id)
         .group_by(TrialRow.state, ended)
     )
+    groups = [(state, has_ended, count, float(total)) for state, has_ended, count, total in rows]
     counts = dict.fromkeys(TrialState, 0)
-    ended_s = finished_s = since_s = 0.0
-    finished = running = 0
-    for state, has_ended, count, total in rows:
+    for state, _, count, _ in groups:
         counts[state] += count
-        if not has_ended:
-            running += count
-            since_s += total
-            continue
-        ended_s += total
-        if state.is_finished:
-            finished += count
-            finished_s += total
-    return counts, RunTimes(ended_s, finished, finished_s, running, since_s)
+    return counts, RunTimes.of_groups(groups)
 
 
 def _front(session: Session, row: StudyRow) -> list[TrialRecord]:
