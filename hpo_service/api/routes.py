@@ -36,15 +36,15 @@ from hpo_service.service.best import Format, best_config, render
 from hpo_service.service.studies import cancel_study, delete_study, submit_study
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_answers(request: Request) -> AnswerCache:
+async def get_answers(request: Request) -> AnswerCache:
     return request.app.state.answers
 
 
