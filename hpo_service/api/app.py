@@ -6,6 +6,7 @@ transformers: studies run in driver processes that the scheduler starts.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,11 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What is loaded by now (the modules: about 230,000 objects) lives as long as the
+        # process: left out of the garbage collector's full passes, which took 90 ms each and
+        # were the slowest 1% of requests.
+        gc.collect()
+        gc.freeze()
         running = schedule and settings.max_running_studies > 0
         scheduler = Scheduler(settings, store) if running else None
         app.state.scheduler = scheduler
