@@ -294,3 +294,22 @@ def test_every_write_to_a_study_or_its_trials_moves_its_version_and_reads_do_not
         store.study_version("study")
     store.create_study({"name": "study"}, definition())
     assert store.study_version("study").id != version.id  # the same name, another study
+
+
+def test_reads_go_on_after_the_database_server_drops_the_connections(store: Store) -> None:
+    """As after a PostgreSQL restart: the pooled connections are dead, the next read is not."""
+    store.create_study({"name": "study"}, definition())
+    with ThreadPoolExecutor(4) as pool:  # several connections in the pool
+        list(pool.map(lambda _: store.study_version("study"), range(8)))
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    else:  # a SQLite file has no server: its connections stay usable
+        assert store.engine.pool.checkedin() > 0
+    versions = {store.study_version("study") for _ in range(8)}
+    assert len(versions) == 1 and store.get_study("study").name == "study"
