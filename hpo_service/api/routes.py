@@ -157,22 +157,22 @@ def list_studies(
 @router.get("/studies/{name}", response_model=StudyDetail, responses=ERRORS)
 def get_study(name: StudyName, store: StoreDep, answers: AnswersDep) -> Response:
     """Status, trial counts, progress, best so far, timestamps and error of one study."""
-    key, version = ("study", name), store.study_version(name)
-    if (kept := answers.get(key, version)) is not None:
-        return _json(kept)
-    record, best, run_times = store.study_detail(name)
-    summary = StudySummary.of(record, best)
-    definition = StudyDefinition.model_validate(record.resolved_definition)
-    outlook = forecast(run_times, definition, datetime.now(UTC))
-    body = StudyDetail(
-        **summary.model_dump(),
-        definition=record.definition,
-        resolved_definition=record.resolved_definition,
-        budget=Budget.of(outlook, definition, record.status.is_active),
-    ).model_dump_json()
-    if not run_times.running:  # a running trial's time, and so the spend, goes on by itself
-        answers.put(key, version, body)
-    return _json(body)
+
+    def build() -> tuple[str, bool]:
+        record, best, run_times = store.study_detail(name)
+        summary = StudySummary.of(record, best)
+        definition = StudyDefinition.model_validate(record.resolved_definition)
+        outlook = forecast(run_times, definition, datetime.now(UTC))
+        body = StudyDetail(
+            **summary.model_dump(),
+            definition=record.definition,
+            resolved_definition=record.resolved_definition,
+            budget=Budget.of(outlook, definition, record.status.is_active),
+        ).model_dump_json()
+        # A running trial's time, and so the spend, goes on by itself: built at every read.
+        return body, not run_times.running
+
+    return _json(answers.answer(("study", name), store.study_version(name), build))
 
 
 @router.get("/studies/{name}/trials", response_model=TrialPage, responses=ERRORS)
@@ -185,13 +185,15 @@ def list_trials(
 ) -> Response:
     """The study's trials by number, a page at a time: parameters, state, objective, metrics,
     epochs and duration."""
-    key, version = ("trials", name, offset, limit), store.study_version(name)
-    if (kept := answers.get(key, version)) is None:
+
+    def build() -> tuple[str, bool]:
         page, total = store.trial_page(name, offset, limit)
         items = [TrialSummary.of(t) for t in page]
-        kept = TrialPage(items=items, total=total, offset=offset, limit=limit).model_dump_json()
-        answers.put(key, version, kept)
-    return _json(kept)
+        answer = TrialPage(items=items, total=total, offset=offset, limit=limit)
+        return answer.model_dump_json(), True
+
+    key = ("trials", name, offset, limit)
+    return _json(answers.answer(key, store.study_version(name), build))
 
 
 def _json(body: str) -> Response:
