@@ -24,8 +24,9 @@ def member_dropout(x: torch.Tensor, p: torch.Tensor | float, training: bool) -> 
     """Inverted dropout whose ``p`` may be a tensor (one member's slice under ``vmap``)."""
     if not training:
         return x
-    keep = torch.rand_like(x, dtype=torch.float32) >= p
-    return x * keep / (1 - p)
+    # One multiplication of x (and of its gradient) by kept / (1 - p), built in place.
+    scale = torch.rand_like(x, dtype=torch.float32).ge_(p).div_(1 - p)
+    return x * scale.to(x.dtype)
 
 
 class MemberDropout(nn.Module):
@@ -200,8 +201,9 @@ class StackedAdamW:
             exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / correction2_t).add_(eps_t)
-            param.addcdiv_(exp_avg * step_size_t, denom)
+            # step_size * exp_avg / denom, with one new tensor (denom) as torch's AdamW has.
+            denom = exp_avg_sq.sqrt().div_(correction2_t).add_(eps_t)
+            param.addcmul_(exp_avg, denom.reciprocal_().mul_(step_size_t))
 
 
 @torch.no_grad()
