@@ -24,9 +24,10 @@ def member_dropout(x: torch.Tensor, p: torch.Tensor | float, training: bool) -> 
     """Inverted dropout whose ``p`` may be a tensor (one member's slice under ``vmap``)."""
     if not training:
         return x
-    # One multiplication of x (and of its gradient) by kept / (1 - p), built in place.
-    scale = torch.rand_like(x, dtype=torch.float32).ge_(p).div_(1 - p)
-    return x * scale.to(x.dtype)
+    # One multiplication of x (and of its gradient) by kept / (1 - p), scaled in place (an
+    # in-place comparison has no batching rule: vmap would loop over the members).
+    scale = (torch.rand_like(x, dtype=torch.float32) >= p).to(x.dtype).div_(1 - p)
+    return x * scale
 
 
 class MemberDropout(nn.Module):
