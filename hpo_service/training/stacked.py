@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.optim.adamw import adamw
 from transformers import AttentionInterface
 
 ATTENTION = "hpo_member_eager"
@@ -144,8 +145,10 @@ def _forward(base: nn.Module) -> Callable[..., torch.Tensor]:
 
 class StackedAdamW:
     """AdamW over stacked ``[members, ...]`` parameters with per-member learning rate, weight
-    decay, epsilon and step count; the same arithmetic as ``torch.optim.AdamW`` (single-tensor
-    path) for each member's slice. ``decays(name)`` says whether a parameter gets weight decay."""
+    decay, epsilon and step count: torch's fused AdamW kernel (``torch.optim.adamw.adamw``, as
+    :func:`hpo_service.training.engine.make_optimizer` uses) on each member's slice, so each
+    member gets the update it would get alone. ``decays(name)`` says whether a parameter gets
+    weight decay."""
 
     def __init__(self, decays: Callable[[str], bool], betas: tuple[float, float] = (0.9, 0.999)):
         self.decays = decays
@@ -154,7 +157,7 @@ class StackedAdamW:
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
         self.weight_decay: list[float] = []
         self.eps: list[float] = []
-        self.steps: list[int] = []
+        self.steps: list[dict[str, torch.Tensor]] = []  # per member and parameter, as torch's
 
     def add_member(self, params: dict[str, torch.Tensor], weight_decay: float, eps: float) -> None:
         """Fresh state for a member appended last to ``params`` (already stacked)."""
@@ -164,7 +167,9 @@ class StackedAdamW:
                 state[name] = torch.cat([state[name], zero]) if name in state else zero
         self.weight_decay.append(weight_decay)
         self.eps.append(eps)
-        self.steps.append(0)
+        self.steps.append(
+            {name: torch.zeros((), device=param.device) for name, param in params.items()}
+        )
 
     def keep(self, indices: list[int]) -> None:
         """Keep only the members at ``indices``."""
@@ -178,33 +183,26 @@ class StackedAdamW:
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], lrs: list[float]) -> None:
         """One update of every member with its learning rate ``lrs[i]`` (``param.grad`` set)."""
-        beta1, beta2 = self.betas
-        self.steps = [s + 1 for s in self.steps]
-        correction1 = [1 - beta1**s for s in self.steps]
-        correction2 = [(1 - beta2**s) ** 0.5 for s in self.steps]
-        step_size = [-lr / c for lr, c in zip(lrs, correction1, strict=True)]
-        decay = [1 - lr * wd for lr, wd in zip(lrs, self.weight_decay, strict=True)]
-        like = next(iter(params.values()))
-        # One [members, 4] copy to the device per step: decay, bias correction, eps, step size.
-        factors = torch.tensor(
-            list(zip(decay, correction2, self.eps, step_size, strict=True)),
-            dtype=like.dtype,
-            device=like.device,
-        ).unbind(1)
-        for name, param in params.items():
-            if param.grad is None:
-                continue
-            grad = param.grad
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            decay_t, correction2_t, eps_t, step_size_t = (f.view(shape) for f in factors)
-            if self.decays(name):
-                param.mul_(decay_t)
-            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            # step_size * exp_avg / denom, with one new tensor (denom) as torch's AdamW has.
-            denom = exp_avg_sq.sqrt().div_(correction2_t).add_(eps_t)
-            param.addcmul_(exp_avg, denom.reciprocal_().mul_(step_size_t))
+        names = [name for name, param in params.items() if param.grad is not None]
+        groups = [[n for n in names if self.decays(n)], [n for n in names if not self.decays(n)]]
+        for i, lr in enumerate(lrs):
+            for group, weight_decay in zip(groups, (self.weight_decay[i], 0.0), strict=True):
+                adamw(
+                    [params[n][i] for n in group],
+                    [params[n].grad[i] for n in group],  # type: ignore[index]
+                    [self.exp_avg[n][i] for n in group],
+                    [self.exp_avg_sq[n][i] for n in group],
+                    [],
+                    [self.steps[i][n] for n in group],
+                    fused=True,
+                    amsgrad=False,
+                    beta1=self.betas[0],
+                    beta2=self.betas[1],
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    eps=self.eps[i],
+                    maximize=False,
+                )
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def test_hyper_takes_the_knob_defaults() -> None:
 def test_biases_and_norms_get_no_weight_decay(tiny_models: dict[str, Path]) -> None:
     for family in ("bert", "distilbert"):
         model = load_model(ModelSpec(name=str(tiny_models[family])), ["a", "b"], None)
-        optimizer = make_optimizer(model, hyper(weight_decay=0.3), CPU)
+        optimizer = make_optimizer(model, hyper(weight_decay=0.3))
         decay, exempt = optimizer.param_groups
         assert (decay["weight_decay"], exempt["weight_decay"]) == (0.3, 0.0)
         names = {id(p): n for n, p in model.named_parameters()}
@@ -135,7 +135,7 @@ def one_step(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> StepTrace:
     model.train()
-    optimizer = optimizer or make_optimizer(model, knobs, CPU)
+    optimizer = optimizer or make_optimizer(model, knobs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     steps: list[StepTrace] = []
     params = list(model.parameters())

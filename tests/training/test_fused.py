@@ -206,7 +206,6 @@ def test_stacked_adamw_matches_torch_adamw_per_member() -> None:
             engine.TrialHyper.from_config(
                 {"learning_rate": lr, "weight_decay": decay, "adam_epsilon": eps}
             ),
-            CPU,
         )
         for model, (lr, decay, eps, _) in zip(models, hyper, strict=True)
     ]
