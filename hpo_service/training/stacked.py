@@ -87,21 +87,42 @@ def additive_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class Stack:
     """Members' parameters and buffers stacked as ``[members, ...]`` tensors, plus a function
-    that runs the model for every member on its own batch."""
+    that runs the model for every member on its own batch.
+
+    ``params`` holds each ``nn.Linear`` weight as ``[members, in, out]`` (the model sees its
+    transpose, ``[members, out, in]``): the weight gradient of a batched matmul comes in that
+    layout, so autograd keeps it as is instead of copying it, transposed, into the weight's
+    (a strided copy of every weight gradient each step: 15% of a fused BERT-base step on the
+    CPU). Optimizer and clipping are elementwise and per member, so the layout is theirs too."""
 
     def __init__(self, models: list[nn.Module]) -> None:
-        self.params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure only; no weights
+        self.transposed = {
+            f"{name}.weight"
+            for name, module in self.base.named_modules()
+            if isinstance(module, nn.Linear)
+        }
+        params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
+        self.params = {k: self._stored(k, v).requires_grad_() for k, v in params.items()}
+
+    def _stored(self, name: str, stacked: torch.Tensor) -> torch.Tensor:
+        """``stacked`` (the model's layout) in ``params``' layout, detached."""
+        stacked = stacked.detach()
+        return stacked.mT.contiguous() if name in self.transposed else stacked
+
+    def model_params(self) -> dict[str, torch.Tensor]:
+        """``params`` in the model's layout (views)."""
+        return {k: v.mT if k in self.transposed else v for k, v in self.params.items()}
 
     def logits(self, inputs: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
         """Logits ``[members, B, labels]`` for inputs shaped ``[members, B, L]``."""
         self.base.train(train)
         run = vmap(_forward(self.base), in_dims=(0, 0, 0), randomness="different")
-        return run(self.params, self.buffers, inputs)
+        return run(self.model_params(), self.buffers, inputs)
 
     def member_logits(self, index: int) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         """Evaluation logits of one member for an unstacked batch."""
-        params = {k: v[index] for k, v in self.params.items()}
+        params = {k: v[index] for k, v in self.model_params().items()}
         buffers = {k: v[index] for k, v in self.buffers.items()}
 
         def logits(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -119,7 +140,7 @@ class Stack:
         """Append one member."""
         params, buffers = stack_module_state([model])  # type: ignore[arg-type]
         self.params = {
-            k: torch.cat([v.detach(), params[k].detach().to(v.device)]).requires_grad_()
+            k: torch.cat([v.detach(), self._stored(k, params[k]).to(v.device)]).requires_grad_()
             for k, v in self.params.items()
         }
         self.buffers = {k: torch.cat([v, buffers[k].to(v.device)]) for k, v in self.buffers.items()}

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.func import stack_module_state
+from torch.func import functional_call, stack_module_state, vmap
 
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
 from hpo_service.training import engine
 from hpo_service.training.fused import FusedTrainer, fusion_key
 from hpo_service.training.modeling import tokenize
-from hpo_service.training.stacked import StackedAdamW, clip_per_member
+from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member
 from hpo_service.training.trainable import TrialSetup
 
 CPU = torch.device("cpu")
@@ -227,3 +227,28 @@ def test_stacked_adamw_matches_torch_adamw_per_member() -> None:
     for i, model in enumerate(models):
         for name, param in model.named_parameters():
             torch.testing.assert_close(params[name][i], param, rtol=1e-6, atol=1e-7)
+
+
+def test_stack_stores_linear_weights_in_their_gradients_layout() -> None:
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)) for _ in range(2)]
+    stack = Stack(models)
+    # The model sees every member's own weights, in its layout...
+    for i, model in enumerate(models):
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(stack.model_params()[name][i], param.detach())
+    assert stack.params["0.weight"].shape == (2, 4, 8)
+    assert stack.params["1.weight"].shape == (2, 8)  # a LayerNorm's: as stacked
+    # ...and the weight gradient of the batched matmul reaches each weight as it is stored,
+    # so autograd needs no transposing copy to accumulate it.
+    layouts: dict[str, bool] = {}
+    for name in ("0.weight", "2.weight"):
+        stack.params[name].register_hook(
+            lambda grad, name=name: layouts.__setitem__(name, grad.is_contiguous())
+        )
+
+    def forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(stack.base, params, (x,))
+
+    vmap(forward)(stack.model_params(), torch.randn(2, 3, 4)).sum().backward()
+    assert layouts == {"0.weight": True, "2.weight": True}
