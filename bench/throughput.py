@@ -1,7 +1,7 @@
 """Training throughput of one trial and of fused trials, measured side by side in one run.
 
     .venv/bin/python bench/throughput.py [--models bert-base,minilm] [--fused 4,16]
-        [--samples N] [--epochs E] [--quick] [--out bench/results]
+        [--modes stacked,interleaved] [--samples N] [--epochs E] [--quick] [--out bench/results]
 
 For each model (BERT-base sizes with random weights on RTE; the shipped all-MiniLM-L6-v2 on
 SST-2) it trains, one after another in this process:
@@ -11,7 +11,10 @@ SST-2) it trains, one after another in this process:
 2. ``engine``: one trial through ``hpo_service.training.engine.train``;
 3. ``sequential-4``: 4 trials (learning rates 1e-5 … 1e-4) one after another through the
    engine (its first trial is the ``engine`` row);
-4. ``fused-K``: the first K of those trials as one ``FusedTrainer`` group.
+4. ``fused-K <mode>``: the first K of those trials as one ``FusedTrainer`` group, in each mode
+   of ``--modes`` (``stacked``: one ``vmap``'d step of all members; ``interleaved``: each
+   member's step in turn); by default the mode the service uses on the device (stacked on a
+   GPU, interleaved on the CPU).
 
 Sizes follow the device: on a CUDA GPU the issue's settings (BERT-base batch 32 on RTE for 2
 epochs; MiniLM batch 16 on 16,000 SST-2 sentences for 1 epoch), on the CPU a few dozen
@@ -59,7 +62,7 @@ from hpo_service.core.training_args import training_arguments
 from hpo_service.data import load_labelled_data
 from hpo_service.training import engine
 from hpo_service.training.batches import TensorSplit, steps_per_epoch
-from hpo_service.training.fused import FusedTrainer
+from hpo_service.training.fused import FusedTrainer, stacks_on
 from hpo_service.training.modeling import (
     load_config,
     load_model,
@@ -438,14 +441,16 @@ def engine_run(
     )
 
 
-def fused_run(setup: TrialSetup, configs: list[dict[str, Any]], device: torch.device) -> Run:
+def fused_run(
+    setup: TrialSetup, configs: list[dict[str, Any]], device: torch.device, stacked: bool
+) -> Run:
     """``len(configs)`` trials as one ``FusedTrainer`` group, stepped until all finished."""
     data = setup.data
     per_epoch = steps_per_epoch(len(data.train), configs[0]["batch_size"], 1)
     accuracies: dict[str, float] = {}
     with peak_memory(device) as memory:
         clock = Clock(device)
-        fused = FusedTrainer(setup, device)
+        fused = FusedTrainer(setup, device, stacked)
         for i, config in enumerate(configs):
             fused.add(f"trial-{i}", config)
         clock.loaded()
@@ -471,7 +476,7 @@ def fused_run(setup: TrialSetup, configs: list[dict[str, Any]], device: torch.de
     members = len(configs)
     return Run(
         "",
-        f"fused-{members}",
+        f"fused-{members} {'stacked' if stacked else 'interleaved'}",
         members,
         len(data.train) * epochs * members,
         real_tokens(data.train) * epochs * members,
@@ -648,7 +653,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def measure(
-    workload: Workload, folder: Path, device: torch.device, compile_model: bool
+    workload: Workload,
+    folder: Path,
+    device: torch.device,
+    compile_model: bool,
+    modes: list[bool],
 ) -> tuple[TrialSetup, list[Run]]:
     """Every run of one workload, in order: trainer, sequential engine trials, fused groups."""
     fields, label = TASKS[workload.task]
@@ -683,8 +692,9 @@ def measure(
         print(f"  engine {sequential[-1].timing}", flush=True)
     runs += [sequential[0], combined(sequential, f"sequential-{SEQUENTIAL}")]
     for k in workload.fused:
-        runs.append(fused_run(setup, configs[:k], device))
-        print(f"  fused-{k} {runs[-1].timing}", flush=True)
+        for stacked in modes:
+            runs.append(fused_run(setup, configs[:k], device, stacked))
+            print(f"  {runs[-1].run} {runs[-1].timing}", flush=True)
     for run in runs:
         run.model = workload.model
     return setup, runs
@@ -696,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, help="training examples per model")
     parser.add_argument("--epochs", type=int, help="epochs per trial")
     parser.add_argument("--fused", help="fused group sizes, e.g. 4,16")
+    parser.add_argument(
+        "--modes", help="fused group modes, of stacked,interleaved (default: the device's)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny BERT, 32 examples (a test)")
     parser.add_argument("--peak-tflops", type=float, help="the device's bf16 peak to use for MFU")
     parser.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
@@ -707,10 +720,16 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.ones(1, device=device).sum().item()  # CUDA context before the first measured run
     flops, flops_source = peak_flops(device, args.peak_tflops)
+    default_mode = "stacked" if stacks_on(device) else "interleaved"
+    names = args.modes.split(",") if args.modes else [default_mode]
+    if not set(names) <= {"stacked", "interleaved"}:
+        raise SystemExit(f"--modes: {args.modes!r}; choose from stacked, interleaved")
+    modes = [name == "stacked" for name in names]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as folder:
         for workload in workloads(args, cuda):
-            setup, runs = measure(workload, Path(folder), device, cuda and not args.no_compile)
+            compile_model = cuda and not args.no_compile
+            setup, runs = measure(workload, Path(folder), device, compile_model, modes)
             parameters = parameter_count(setup.model, setup.data.label_names)
             rows += [{**run.figures(parameters, flops), "parameters": parameters} for run in runs]
 

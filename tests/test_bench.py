@@ -25,11 +25,13 @@ def throughput():
 def test_quick_run_measures_every_run(
     throughput, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert throughput.main(["--quick", "--peak-tflops", "1", "--out", str(tmp_path)]) == 0
+    argv = ["--quick", "--modes", "stacked,interleaved", "--peak-tflops", "1"]
+    assert throughput.main([*argv, "--out", str(tmp_path)]) == 0
 
     result = json.loads((tmp_path / "throughput.json").read_text())
     runs = {row["run"]: row for row in result["runs"]}
-    assert set(runs) == {"trainer", "engine", "sequential-4", "fused-4"}
+    fused = {"fused-4 stacked", "fused-4 interleaved"}
+    assert set(runs) == {"trainer", "engine", "sequential-4", *fused}
     examples = 32  # --quick: 32 training examples, 1 epoch
     for row in runs.values():
         assert row["model"] == "tiny"
@@ -43,9 +45,9 @@ def test_quick_run_measures_every_run(
     assert runs["sequential-4"]["real_tokens"] == 4 * runs["engine"]["real_tokens"]
     assert {r["ratio"] for r in result["ratios"]} == {
         "engine / Trainer",
-        "fused-4 / 4 one at a time",
+        *(f"{run} / 4 one at a time" for run in fused),
     }
 
     printed = capsys.readouterr().out
-    assert "| tiny | fused-4 | 4 |" in printed
+    assert "| tiny | fused-4 interleaved | 4 |" in printed
     assert "engine / Trainer" in printed

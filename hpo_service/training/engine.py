@@ -246,6 +246,35 @@ def model_logits(
     return logits_of
 
 
+def optimizer_step(
+    logits_of: Callable[[Batch], torch.Tensor],
+    parameters: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    group: list[Batch],
+    hyper: TrialHyper,
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """One optimizer step over the batches of ``group`` (one effective batch): its loss is the
+    mean over the real rows of the whole group. Returns the loss (on the device), the gradient
+    norm before clipping (None without clipping) and the learning rate the step used (of the
+    first parameter group)."""
+    rows = sum(b.real_rows for b in group)
+    step_loss = torch.zeros((), device=group[0].input_ids.device)
+    for batch in group:
+        loss = weighted_loss(logits_of(batch), batch.labels, batch.weights, hyper.label_smoothing)
+        scaled = loss * (batch.real_rows / rows)
+        scaled.backward()
+        step_loss += scaled.detach()
+    grad_norm = None
+    if hyper.max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, hyper.max_grad_norm)
+    learning_rate = float(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm, learning_rate
+
+
 def run_epoch(
     logits_of: Callable[[Batch], torch.Tensor],
     parameters: list[torch.nn.Parameter],
@@ -256,31 +285,17 @@ def run_epoch(
     first_step: int = 1,
     on_step: Callable[[StepTrace], None] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One epoch of optimizer steps, each over ``gradient_accumulation_steps`` batches (the
-    last group may be shorter, as Trainer). A step's loss is the mean over the real rows of its
-    whole effective batch. Returns the sum of the steps' losses (on the device) and the number
-    of steps."""
+    """One epoch of optimizer steps (:func:`optimizer_step`), each over
+    ``gradient_accumulation_steps`` batches (the last group may be shorter, as Trainer).
+    Returns the sum of the steps' losses (on the device) and the number of steps."""
     accumulation = hyper.gradient_accumulation_steps
     total = torch.zeros((), device=batches[0].input_ids.device) if batches else torch.zeros(())
     steps = 0
     for start in range(0, len(batches), accumulation):
         group = batches[start : start + accumulation]
-        rows = sum(b.real_rows for b in group)
-        step_loss = torch.zeros((), device=total.device)
-        for batch in group:
-            loss = weighted_loss(
-                logits_of(batch), batch.labels, batch.weights, hyper.label_smoothing
-            )
-            scaled = loss * (batch.real_rows / rows)
-            scaled.backward()
-            step_loss += scaled.detach()
-        grad_norm = None
-        if hyper.max_grad_norm > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, hyper.max_grad_norm)
-        learning_rate = float(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, grad_norm, learning_rate = optimizer_step(
+            logits_of, parameters, optimizer, scheduler, group, hyper
+        )
         steps += 1
         total += step_loss
         if on_step is not None:

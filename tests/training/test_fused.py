@@ -1,15 +1,20 @@
-"""Fused trials: each member of a stacked group trains as it would alone through engine.train.
+"""Fused trials: each member of a group trains as it would alone through engine.train, in
+both of a group's modes (stacked: one vmap'd step; interleaved: each member's step in turn).
 
-Tolerance: a member's eval and train losses match its run alone to 1e-5 relative, its
+Tolerance, stacked: a member's eval and train losses match its run alone to 1e-5 relative, its
 accuracy, F1 and MCC exactly. The stacked model computes the same sums as the single one but
 through batched (vmap) kernels, and per-member gradient norms sum in another order, so results
 differ in the last float bits (observed: about 1e-7 relative). 1e-5 still catches small slips:
 weight decay on biases and norms moves the eval loss of these runs by more than that.
+Interleaved: exactly equal (the same kernels in the same order, the member's own random
+stream), dropout included.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
 from hpo_service.training import engine
-from hpo_service.training.fused import FusedTrainer, fusion_key
+from hpo_service.training.fused import FusedTrainer, fusion_key, stacks_on
 from hpo_service.training.modeling import tokenize
 from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member
 from hpo_service.training.trainable import TrialSetup
@@ -52,6 +57,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "num_train_epochs": 3,
     },
 }
+
+
+@pytest.fixture(params=[True, False], ids=["stacked", "interleaved"])
+def stacked(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,30 +116,40 @@ def run_group(
     return reports
 
 
-def assert_same_run(fused: list[dict[str, Any]], alone: list[dict[str, Any]]) -> None:
+def assert_same_run(
+    fused: list[dict[str, Any]], alone: list[dict[str, Any]], exact: bool = False
+) -> None:
     assert len(fused) == len(alone)
     for mine, theirs in zip(fused, alone, strict=True):
+        if exact:  # all but the wall time
+            assert {**mine, "train_seconds": 0} == {**theirs, "train_seconds": 0}
+            continue
         assert {k: mine[k] for k in EXACT} == {k: theirs[k] for k in EXACT}
         assert mine["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=1e-5)
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
         assert mine["objective"] == theirs["objective"]
 
 
-def test_each_fused_member_matches_its_run_alone(setup: TrialSetup, alone: Any) -> None:
-    reports = run_group(FusedTrainer(setup, CPU), CONFIGS)
+def test_each_fused_member_matches_its_run_alone(
+    setup: TrialSetup, alone: Any, stacked: bool
+) -> None:
+    reports = run_group(FusedTrainer(setup, CPU, stacked), CONFIGS)
     for name, config in CONFIGS.items():
-        assert_same_run(reports[name], alone(config))
+        assert_same_run(reports[name], alone(config), exact=not stacked)
     # Different knobs gave different runs: the match is not one run compared three times.
     assert len({r[-1]["eval_loss"] for r in reports.values()}) == 3
 
 
-def test_dropout_is_per_member(setup: TrialSetup, alone: Any) -> None:
+def test_dropout_is_per_member(setup: TrialSetup, alone: Any, stacked: bool) -> None:
     quiet = CONFIGS["a"]
     noisy = {**quiet, "dropout": 0.3}
     group = {"quiet": quiet, "noisy": noisy, "noisier": {**noisy, "seed": 5}}
-    reports = run_group(FusedTrainer(setup, CPU), group)
+    reports = run_group(FusedTrainer(setup, CPU, stacked), group)
     # Its neighbours' dropout draws random numbers in the same step, yet "quiet" is unchanged.
-    assert_same_run(reports["quiet"], alone(quiet))
+    assert_same_run(reports["quiet"], alone(quiet), exact=not stacked)
+    if not stacked:  # each member draws from its own stream: its masks are those alone
+        assert_same_run(reports["noisy"], alone(noisy), exact=True)
+        return
     # Dropout masks come from another random stream than alone: equal only in distribution.
     for mine, theirs in zip(reports["noisy"], alone(noisy), strict=True):
         assert mine["train_loss"] != reports["quiet"][mine["epoch"] - 1]["train_loss"]
@@ -138,41 +158,55 @@ def test_dropout_is_per_member(setup: TrialSetup, alone: Any) -> None:
 
 
 def test_removed_member_leaves_the_others_unchanged_and_frees_its_tensors(
-    setup: TrialSetup, alone: Any
+    setup: TrialSetup, alone: Any, stacked: bool
 ) -> None:
-    trainer = FusedTrainer(setup, CPU)
+    trainer = FusedTrainer(setup, CPU, stacked)
     for name, config in CONFIGS.items():
         trainer.add(name, config)
     trainer.step()
-    assert trainer.stack is not None
-    per_member = sum(p[0].numel() for p in trainer.stack.params.values())
+    if stacked:
+        assert trainer.stack is not None
+        per_member = sum(p[0].numel() for p in trainer.stack.params.values())
+    else:
+        removed = trainer._members[1].alone
+        assert removed is not None
+        weights = weakref.ref(next(removed.model.parameters()))
+        moments = weakref.ref(next(iter(removed.optimizer.state.values()))["exp_avg"])
+        del removed
     trainer.remove("b")
     assert trainer.members == ["a", "c"]
-    assert sum(p.numel() for p in trainer.stack.params.values()) == 2 * per_member
-    assert sum(s.numel() for s in trainer.optimizer.exp_avg.values()) == 2 * per_member
+    if stacked:
+        assert sum(p.numel() for p in trainer.stack.params.values()) == 2 * per_member
+        assert sum(s.numel() for s in trainer.optimizer.exp_avg.values()) == 2 * per_member
+    else:
+        gc.collect()
+        assert weights() is None and moments() is None
     reports: dict[str, list[dict[str, Any]]] = {}
     while trainer.members:
         for name, report in trainer.step():
             reports.setdefault(name, []).append(report)
-    assert_same_run(reports["a"], alone(CONFIGS["a"]))
-    assert_same_run(reports["c"], alone(CONFIGS["c"]))
-    assert trainer.stack is None  # everyone done: nothing kept
+    assert_same_run(reports["a"], alone(CONFIGS["a"]), exact=not stacked)
+    assert_same_run(reports["c"], alone(CONFIGS["c"]), exact=not stacked)
+    assert trainer.stack is None and not trainer.members  # everyone done: nothing kept
 
 
 def test_member_joining_a_running_group_matches_its_run_alone(
-    setup: TrialSetup, alone: Any
+    setup: TrialSetup, alone: Any, stacked: bool
 ) -> None:
     # 80 rows in batches of 16 with accumulation 2: 5 batches, 3 steps per epoch, the last
     # one shorter; the joiner's short steps fall on the others' full ones.
     first = {**CONFIGS["a"], "gradient_accumulation_steps": 2}
     late = {**CONFIGS["b"], "gradient_accumulation_steps": 2}
-    reports = run_group(FusedTrainer(setup, CPU), {"first": first}, join={2: {"late": late}})
-    assert_same_run(reports["first"], alone(first))
-    assert_same_run(reports["late"], alone(late))
+    trainer = FusedTrainer(setup, CPU, stacked)
+    reports = run_group(trainer, {"first": first}, join={2: {"late": late}})
+    assert_same_run(reports["first"], alone(first), exact=not stacked)
+    assert_same_run(reports["late"], alone(late), exact=not stacked)
 
 
-def test_member_with_fewer_epochs_leaves_after_its_last_report(setup: TrialSetup) -> None:
-    trainer = FusedTrainer(setup, CPU)
+def test_member_with_fewer_epochs_leaves_after_its_last_report(
+    setup: TrialSetup, stacked: bool
+) -> None:
+    trainer = FusedTrainer(setup, CPU, stacked)
     trainer.add("short", {**CONFIGS["a"], "num_train_epochs": 1})
     trainer.add("long", CONFIGS["a"])
     while "short" in trainer.members:
@@ -182,14 +216,19 @@ def test_member_with_fewer_epochs_leaves_after_its_last_report(setup: TrialSetup
     assert trainer.members == ["long"]
 
 
-def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup) -> None:
+def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup, stacked: bool) -> None:
     assert fusion_key({"batch_size": 16}) == fusion_key({"batch_size": 16, "seed": 7})
     assert fusion_key({"batch_size": 16}) != fusion_key({"batch_size": 32})
-    trainer = FusedTrainer(setup, CPU)
+    trainer = FusedTrainer(setup, CPU, stacked)
     trainer.add("a", CONFIGS["a"])
     with pytest.raises(ValueError, match=r"'b'.*\(32, 1\).*\(16, 1\)"):
         trainer.add("b", {**CONFIGS["b"], "batch_size": 32})
     assert trainer.members == ["a"]
+
+
+def test_groups_stack_on_accelerators_and_interleave_on_the_cpu(setup: TrialSetup) -> None:
+    assert FusedTrainer(setup, CPU).stacked is False
+    assert stacks_on(torch.device("cuda")) and not stacks_on(CPU)
 
 
 def test_stacked_adamw_matches_torch_adamw_per_member() -> None:
