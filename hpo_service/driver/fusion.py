@@ -1,4 +1,4 @@
-"""Fused trials on Ray: trials that share shapes train as one stacked model in a fusion worker.
+"""Fused trials on Ray: trials that share shapes train together in a fusion worker.
 
 Each trial stays a Ray Tune trial of its own (so the searcher, ASHA, the recorder, our tables and
 Optuna's see it as one), but its trainable is a stand-in: it joins a ``FusionWorker`` actor that
