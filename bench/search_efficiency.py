@@ -558,7 +558,6 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
 
     return report(result, args.out)
-    return 0
 
 
 if __name__ == "__main__":
