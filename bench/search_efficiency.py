@@ -322,6 +322,8 @@ def summarize(runs: list[SearchRun]) -> dict[str, Any]:
             methods[method] = {
                 "final_best": mean([curve(r, "epochs")[-1][1] for r in chosen if r.trials]),
                 "epochs_total": mean([sum(t.epochs for t in r.trials) for r in chosen]),
+                "repeated_trials": mean([len(repeats(r)) for r in chosen]),
+                "repeated_epochs": mean([sum(t.epochs for t in repeats(r)) for r in chosen]),
                 "seconds_total": mean([sum(t.seconds for t in r.trials) for r in chosen]),
                 "wall_s": mean([r.wall_s for r in chosen]),
                 "reached": f"{len(reached)}/{len(chosen)}",
@@ -334,6 +336,18 @@ def summarize(runs: list[SearchRun]) -> dict[str, Any]:
             }
         summary[task] = {"best": best, "target": target, "methods": methods}
     return summary
+
+
+def repeats(run: SearchRun) -> list[Trial]:
+    """The trials that ran a configuration an earlier trial of the same study had run (with
+    a fixed training seed, the same training again)."""
+    seen: list[dict[str, Any]] = []
+    repeated = []
+    for trial in run.trials:
+        if trial.params in seen:
+            repeated.append(trial)
+        seen.append(trial.params)
+    return repeated
 
 
 def mean(values: list[float]) -> float:
@@ -369,15 +383,16 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
 def table(summary: dict[str, Any]) -> str:
     lines = [
         "| task | method | best dev (mean over seeds) | epochs | trial s | search wall s "
-        "| reached target | epochs to target | s to target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| repeated trials (epochs) | reached target | epochs to target | s to target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, entry in summary.items():
         for method, m in entry["methods"].items():
             to_epochs, to_seconds = m["epochs_to_target"], m["seconds_to_target"]
             lines.append(
                 f"| {task} | {method} | {m['final_best']:.2f} | {m['epochs_total']:.1f} "
-                f"| {m['seconds_total']:.0f} | {m['wall_s']:.0f} | {m['reached']} "
+                f"| {m['seconds_total']:.0f} | {m['wall_s']:.0f} "
+                f"| {m['repeated_trials']:.1f} ({m['repeated_epochs']:.1f}) | {m['reached']} "
                 f"| {'not reached' if to_epochs is None else f'{to_epochs:.1f}'} "
                 f"| {'not reached' if to_seconds is None else f'{to_seconds:.0f}'} |"
             )

@@ -60,6 +60,7 @@ def test_every_method_gets_the_same_budget_and_is_read_back(
             assert trial["seconds"] > 0 and 0 <= trial["score"] <= 100
     grid = next(r for r in runs if r["method"] == "grid")["trials"]
     assert grid[0]["params"] != grid[1]["params"]  # a subset of the grid, no point twice
+    assert result["summary"]["SST-2"]["methods"]["grid"]["repeated_trials"] == 0
 
     sst2 = result["summary"]["SST-2"]
     best = max(t["score"] for r in runs for t in r["trials"])
@@ -72,3 +73,19 @@ def test_every_method_gets_the_same_budget_and_is_read_back(
     assert set(result["targets"]["SST-2"]) >= {"epochs_vs_grid", "seconds_vs_hf_optuna"}
     assert (tmp_path / "search-sst-2-epochs.png").stat().st_size > 0
     assert (tmp_path / "search-sst-2-seconds.png").stat().st_size > 0
+
+
+def test_a_configuration_run_again_in_a_study_counts_as_a_repeat() -> None:
+    bench = load_bench()
+
+    def trial(learning_rate: float, epochs: int) -> object:
+        params = {"learning_rate": learning_rate, "num_train_epochs": epochs}
+        return bench.Trial(
+            score=60.0, epochs=epochs, seconds=10.0, params=params, stopped_early=False
+        )
+
+    first, other, again = trial(5e-5, 4), trial(3e-5, 2), trial(5e-5, 4)
+    run = bench.SearchRun("SST-2", "tpe", 0, [first, other, again], wall_s=30.0)
+    assert bench.repeats(run) == [again]
+    tpe = bench.summarize([run])["SST-2"]["methods"]["tpe"]
+    assert (tpe["repeated_trials"], tpe["repeated_epochs"]) == (1, 4)
