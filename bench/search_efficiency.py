@@ -319,11 +319,12 @@ def summarize(runs: list[SearchRun]) -> dict[str, Any]:
             epochs = [to_target(r, target, "epochs") for r in chosen]
             seconds = [to_target(r, target, "seconds") for r in chosen]
             reached = [e for e in epochs if e is not None]
+            repeated = [repeats(r) for r in chosen]
             methods[method] = {
                 "final_best": mean([curve(r, "epochs")[-1][1] for r in chosen if r.trials]),
                 "epochs_total": mean([sum(t.epochs for t in r.trials) for r in chosen]),
-                "repeated_trials": mean([len(repeats(r)) for r in chosen]),
-                "repeated_epochs": mean([sum(t.epochs for t in repeats(r)) for r in chosen]),
+                "repeated_trials": mean([len(trials) for trials in repeated]),
+                "repeated_epochs": mean([sum(t.epochs for t in trials) for trials in repeated]),
                 "seconds_total": mean([sum(t.seconds for t in r.trials) for r in chosen]),
                 "wall_s": mean([r.wall_s for r in chosen]),
                 "reached": f"{len(reached)}/{len(chosen)}",
