@@ -218,8 +218,9 @@ def _run(
         store.record_run_environment(name, run_environment(definition))
         reconcile(store, optuna_storage(settings.database_url), name)
         remaining = definition.n_trials - store.finished_trial_count(name)
+        search_ended = None
         if remaining > 0 and not budget.used_up():
-            _fit(definition, remaining, settings, setup, store, stoppers)
+            search_ended = _fit(definition, remaining, settings, setup, store, stoppers)
         if definition.confirm and not failures.reached and not budget.used_up():
             _confirm(definition, settings, setup, store, stoppers)
         if len(definition.goals) > 1:
@@ -237,7 +238,7 @@ def _run(
     elif budget.reason is not None:  # it did what it was allowed to: a result, not a failure
         store.set_status(name, StudyStatus.COMPLETED, budget.reason, only_from=ACTIVE_STATUSES)
     else:
-        store.set_status(name, StudyStatus.COMPLETED, only_from=ACTIVE_STATUSES)
+        store.set_status(name, StudyStatus.COMPLETED, search_ended, only_from=ACTIVE_STATUSES)
     # The study ended on its own: no trial of it will run again, so its checkpoints can go.
     for checkpoint in (settings.work_dir / "ray_results" / name).glob("*/checkpoint_*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -305,13 +306,17 @@ def _fit(
     store: Store,
     callbacks: Sequence[tune.Callback],
     confirming: bool = False,
-) -> None:
+) -> str | None:
     """Run ``n_trials`` trials: the search's (sampled, stopped early as the definition says,
-    within its time budget) or, ``confirming``, the enqueued confirmation runs (whole budget)."""
+    within its time budget) or, ``confirming``, the enqueued confirmation runs (whole budget).
+    Returns why the search ended short of them when every configuration had been tried."""
     mode = _ray_mode(definition.objective)
     goals = definition.goals
     storage = optuna_storage(settings.database_url)
+    population = is_population_based(definition) and not confirming
     searcher = StudySearcher(
+        repeats=population,
+        draw_seed=definition.sampler.seed,
         space=optuna_distributions(definition),
         # Several objectives: Optuna is told each one; else the primary, as "objective".
         metric=[goal.metric for goal in goals] if len(goals) > 1 else "objective",
@@ -347,7 +352,6 @@ def _fit(
     concurrent: int | None = packing.concurrent_trials
     scheduler = FIFOScheduler() if confirming else _scheduler(definition, mode)
     param_space: dict[str, Any] = definition.parameters.fixed_values()
-    population = is_population_based(definition) and not confirming
     if population:
         # Ray's PBT takes no search algorithm: the population is asked of Optuna up front.
         search = population_search(searcher, n_trials, packing.concurrent_trials)
@@ -390,7 +394,7 @@ def _fit(
         for worker in workers:
             ray.kill(worker)
     if not store.running_trial_numbers(definition.name):
-        return
+        return searcher.ended
     reasons = [getattr(s, "reason", None) or type(s).__name__ for s in stoppers if s.stop_all()]
     budget_s = None if confirming else definition.limits.time_budget_s
     if budget_s is not None and time.monotonic() - started >= budget_s:
@@ -401,6 +405,7 @@ def _fit(
     why = "; ".join(reasons)
     reason = f"cut off when the study stopped: {why}"
     fail_cut_off_trials(store, storage, definition.name, reason)
+    return searcher.ended
 
 
 def device_facts(definition: StudyDefinition, setup: TrialSetup) -> DeviceFacts:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.distributions import (
@@ -13,6 +16,7 @@ from optuna.distributions import (
 )
 
 from hpo_service.core.definition import (
+    MAX_GRID_POINTS,
     Categorical,
     FloatRange,
     GridSampler,
@@ -75,3 +79,49 @@ def optuna_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
     if isinstance(sampler, RandomSampler):
         return optuna.samplers.RandomSampler(seed=sampler.seed)
     raise TypeError(f"unknown sampler {sampler!r}")
+
+
+def configurations(space: Mapping[str, BaseDistribution]) -> list[dict[str, Any]] | None:
+    """Every configuration of ``space``; ``None`` for a space with a continuous parameter or
+    more than ``MAX_GRID_POINTS`` configurations."""
+    counts = [_count(distribution) for distribution in space.values()]
+    if None in counts or math.prod(counts) > MAX_GRID_POINTS:  # type: ignore[arg-type]
+        return None
+    values = [_values(distribution) for distribution in space.values()]
+    return [dict(zip(space, point, strict=True)) for point in itertools.product(*values)]
+
+
+def configuration_key(
+    space: Mapping[str, BaseDistribution], params: Mapping[str, Any]
+) -> tuple[float, ...]:
+    """What tells two configurations of ``space`` apart: each parameter's choice index or
+    step number (so floats computed two ways still match), a continuous one's value."""
+    return tuple(_position(space[name], params[name]) for name in space)
+
+
+def _count(distribution: BaseDistribution) -> int | None:
+    if isinstance(distribution, CategoricalDistribution):
+        return len(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return (distribution.high - distribution.low) // distribution.step + 1
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        return math.floor((distribution.high - distribution.low) / distribution.step + 1e-9) + 1
+    return None
+
+
+def _values(distribution: BaseDistribution) -> list[Any]:
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    assert isinstance(distribution, FloatDistribution) and distribution.step is not None
+    count = _count(distribution) or 0
+    return [distribution.low + i * distribution.step for i in range(count)]
+
+
+def _position(distribution: BaseDistribution, value: Any) -> float:
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.to_internal_repr(value)
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        return round((value - distribution.low) / distribution.step)
+    return float(value)

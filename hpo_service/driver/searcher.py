@@ -8,20 +8,32 @@ so Optuna's best trial, its samplers and the dashboard all see the truth.
 With several objectives (``metric`` and ``mode`` lists) a complete trial is told every
 objective's value; Optuna keeps no learning curves for such studies (``Trial.report`` is
 single-objective), so none are reported: our tables keep them.
+
+A sampler may propose a configuration the study has trained already (TPE often does in a small
+space of choices); with the same seed it would train to the same scores. Such a proposal is
+not run: it stays in Optuna as a trial that repeats the earlier one (user attribute
+``hpo:repeats``; told the earlier trial's outcome, or PRUNED with no value while the earlier
+one still runs), and an untried configuration drawn at random runs in its place
+(``hpo:drawn_instead_of``). Once every configuration has been tried the search ends. Spaces
+with a continuous parameter, or more than ``MAX_GRID_POINTS`` configurations, are searched as
+the sampler proposes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaTrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import TrialState
 from hpo_service.db.reconcile import CHECKPOINT_ATTR, CONFIRMS_ATTR, RESUMES_ATTR, SEED_ATTR
+from hpo_service.driver.search_space import configuration_key, configurations
 
 _OPTUNA_STATES = {
     TrialState.COMPLETE: OptunaTrialState.COMPLETE,
@@ -35,6 +47,15 @@ RESUME_KEY = "resume"
 WARM_START_ATTR = "hpo:warm_start_from"
 ENQUEUED_ATTR = "hpo:enqueued"
 MICRO_BATCH_ATTR = "hpo:micro_batch_size"
+# A proposal of a configuration the study already trained or is training (that trial's number),
+# and the untried configuration run in its place (the number of the proposal it replaces).
+REPEATS_ATTR = "hpo:repeats"
+DRAWN_ATTR = "hpo:drawn_instead_of"
+# Trials whose configuration the sampler did not choose, or that ran with another seed: each
+# runs as asked.
+_NOT_PROPOSED = (ENQUEUED_ATTR, RESUMES_ATTR, CONFIRMS_ATTR, SEED_ATTR, DRAWN_ATTR)
+# Trials that are not this study's training of their configuration with its seed.
+_NOT_TRAINED_HERE = (WARM_START_ATTR, CONFIRMS_ATTR, REPEATS_ATTR)
 
 
 def warm_start_trials(
@@ -71,11 +92,21 @@ def _step(result: dict[str, Any]) -> int:
 
 
 class StudySearcher(OptunaSearch):
-    """``OptunaSearch`` with honest trial states; also maps Ray trial ids to Optuna numbers."""
+    """``OptunaSearch`` with honest trial states that runs no configuration twice (see the
+    module's docstring); also maps Ray trial ids to Optuna numbers.
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``repeats=True`` runs every proposal as it comes (population-based training, whose
+    members' scores depend on the population's schedule, not only on their configuration);
+    ``draw_seed`` seeds the draws of untried configurations.
+    """
+
+    def __init__(self, *, repeats: bool = False, draw_seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._reported_steps: dict[str, set[int]] = {}
+        self._configurations = None if repeats else configurations(self._space)
+        self._draws = np.random.default_rng(draw_seed)
+        # Why the search ended short of its trials, if it did.
+        self.ended: str | None = None
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Nothing: a study resumes from the database, and the Optuna study this searcher holds
@@ -135,11 +166,16 @@ class StudySearcher(OptunaSearch):
         """The search trial a confirmation run repeats; ``None`` for a search trial."""
         return self._ot_trials[trial_id].user_attrs.get(CONFIRMS_ATTR)
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """The next configuration; a confirmation run gets its seed; a trial run again after a
-        crash also gets ``resume``: the number of the trial it replaces and that trial's last
-        checkpoint, if it saved one."""
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next configuration (``Searcher.FINISHED`` once every one was tried); a
+        confirmation run gets its seed; a trial run again after a crash also gets ``resume``:
+        the number of the trial it replaces and that trial's last checkpoint, if it saved one."""
+        asking = trial_id not in self._ot_trials
         config = super().suggest(trial_id)
+        if asking and config is not None and self._configurations is not None:
+            config = self._untried(trial_id, config)
+        if not isinstance(config, dict):
+            return config
         attrs = self._ot_trials[trial_id].user_attrs if trial_id in self._ot_trials else {}
         if config is not None and SEED_ATTR in attrs:  # a confirmation run's fresh seed
             config = {**config, "seed": attrs[SEED_ATTR]}
@@ -149,6 +185,53 @@ class StudySearcher(OptunaSearch):
             if resume["checkpoint"] and not self.several:  # it goes on from those epochs
                 self._copy_curve(trial_id, int(resume["trial"]))
         return config
+
+    def _untried(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any] | str | None:
+        """``config`` when the sampler proposed it anew, else an untried configuration drawn
+        in its place (``Searcher.FINISHED`` when none is left)."""
+        asked = self._ot_trials[trial_id]
+        if any(attr in asked.user_attrs for attr in _NOT_PROPOSED):
+            return config
+        tried = {
+            configuration_key(self._space, trial.params): trial
+            for trial in self._ot_study.get_trials(deepcopy=False)
+            if trial.number != asked.number
+            and trial.state
+            in (OptunaTrialState.COMPLETE, OptunaTrialState.PRUNED, OptunaTrialState.RUNNING)
+            and not any(attr in trial.user_attrs for attr in _NOT_TRAINED_HERE)
+        }
+        earlier = tried.get(configuration_key(self._space, asked.params))
+        if earlier is None:
+            return config
+        self._tell_repeat(asked, earlier)
+        del self._ot_trials[trial_id]
+        assert self._configurations is not None
+        untried = [
+            point
+            for point in self._configurations
+            if configuration_key(self._space, point) not in tried
+        ]
+        if not untried:
+            self.ended = (
+                f"all {len(self._configurations)} configurations of the search space were "
+                "tried (the sampler proposed trained ones again)"
+            )
+            return Searcher.FINISHED
+        point = untried[int(self._draws.integers(len(untried)))]
+        self._ot_study.enqueue_trial(point, user_attrs={DRAWN_ATTR: asked.number})
+        return super().suggest(trial_id)
+
+    def _tell_repeat(self, asked: optuna.Trial, earlier: FrozenTrial) -> None:
+        """Tell Optuna that ``asked`` repeats ``earlier``: its outcome, or pruned with no value
+        while ``earlier`` still runs."""
+        asked.set_user_attr(REPEATS_ATTR, earlier.number)
+        if earlier.state == OptunaTrialState.COMPLETE:
+            self._ot_study.tell(asked, earlier.values)
+            return
+        if earlier.state == OptunaTrialState.PRUNED and not self.several:
+            for step, value in sorted(earlier.intermediate_values.items()):
+                asked.report(value, step)
+        self._ot_study.tell(asked, state=OptunaTrialState.PRUNED)
 
     def _copy_curve(self, trial_id: str, number: int) -> None:
         earlier = self._ot_study.get_trials(deepcopy=False)[number]

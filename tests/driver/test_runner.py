@@ -16,6 +16,7 @@ from hpo_service.core.errors import AlreadyExistsError, DefinitionError
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import Settings
 from hpo_service.db.store import Store
+from hpo_service.driver.searcher import REPEATS_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
@@ -78,6 +79,33 @@ def test_tpe_study_lands_in_both_tables(
             {e.epoch: e.objective for e in trial.learning_curve}
         )
     assert store.get_study("tpe-study").trial_counts[TrialState.COMPLETE] == 4
+
+
+def test_a_search_trains_each_configuration_once_and_ends_when_all_were_tried(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    document = tiny_study(
+        "small-space",
+        tiny_models["bert"],
+        sentiment_files,
+        parameters={"learning_rate": {"type": "categorical", "choices": [1e-4, 1e-3]}},
+        sampler={"type": "tpe", "seed": 3, "n_startup_trials": 1},
+        limits={"trials": 4},
+    )
+    status, store = run(document, sqlite_url, tmp_path)
+
+    assert status == StudyStatus.COMPLETED
+    assert "all 2 configurations" in (store.get_study("small-space").error or "")
+    ours = store.trials("small-space")
+    assert sorted(t.params["learning_rate"] for t in ours) == [1e-4, 1e-3]
+    # Every Optuna trial that has no row of ours is a proposal of a trained configuration.
+    trained = {t.number for t in ours}
+    for trial in optuna_trials(sqlite_url, "small-space"):
+        if trial.number not in trained:
+            assert trial.user_attrs[REPEATS_ATTR] in trained
 
 
 def test_grid_study_runs_every_point_exactly_once_with_concurrency(

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState as OptunaState
+from ray.tune.search import Searcher
 
 from hpo_service.core.records import TrialState
 from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
-from hpo_service.driver.searcher import RESUME_KEY, StudySearcher, trial_outcome
+from hpo_service.driver.search_space import configuration_key, configurations
+from hpo_service.driver.searcher import (
+    DRAWN_ATTR,
+    ENQUEUED_ATTR,
+    REPEATS_ATTR,
+    RESUME_KEY,
+    StudySearcher,
+    trial_outcome,
+)
 
 SPACE = {"learning_rate": FloatDistribution(1e-5, 1e-2, log=True)}
 
@@ -163,3 +173,105 @@ def test_with_several_objectives_optuna_is_told_each_value_and_no_learning_curve
     assert (stopped.state, stopped.values) == (OptunaState.PRUNED, None)
     assert (broken.state, broken.values) == (OptunaState.FAIL, None)
     assert all(t.intermediate_values == {} for t in study.trials)
+
+
+# --- Proposals of configurations the study already tried -----------------------------------------
+
+CHOICES = {"batch_size": CategoricalDistribution([16, 32, 64])}
+
+
+def always_16(storage: optuna.storages.BaseStorage, repeats: bool = False) -> StudySearcher:
+    """A searcher whose sampler proposes batch size 16 every time (as TPE may, sure of it)."""
+    with warnings.catch_warnings():  # PartialFixedSampler is experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.PartialFixedSampler(
+            {"batch_size": 16}, optuna.samplers.RandomSampler(seed=0)
+        )
+    return StudySearcher(
+        space=CHOICES,
+        metric="objective",
+        mode="max",
+        sampler=sampler,
+        study_name="study",
+        storage=storage,
+        repeats=repeats,
+        draw_seed=0,
+    )
+
+
+def test_a_trained_configuration_proposed_again_is_not_run_and_untried_ones_run_instead(
+    storage: optuna.storages.BaseStorage,
+) -> None:
+    searcher = always_16(storage)
+    assert searcher.suggest("first") == {"batch_size": 16}
+    searcher.on_trial_complete("first", epoch(3, 0.8))
+
+    second = searcher.suggest("second")
+    searcher.on_trial_complete("second", epoch(3, 0.7))
+    third = searcher.suggest("third")
+    searcher.on_trial_complete("third", epoch(3, 0.6))
+
+    assert {second["batch_size"], third["batch_size"]} == {32, 64}
+    trials = optuna.load_study(study_name="study", storage=storage).trials
+    repeats = [t for t in trials if REPEATS_ATTR in t.user_attrs]
+    # Each repeated proposal stays in Optuna, told the trial it repeats' score, never run.
+    assert [(t.params, t.user_attrs[REPEATS_ATTR], t.value) for t in repeats] == [
+        ({"batch_size": 16}, 0, 0.8),
+        ({"batch_size": 16}, 0, 0.8),
+    ]
+    ran = [searcher.trial_number(t) for t in ("first", "second", "third")]
+    assert [trials[n].user_attrs.get(DRAWN_ATTR) for n in ran] == [None, ran[1] - 1, ran[2] - 1]
+    # Every configuration was tried: the search ends, and says why.
+    assert searcher.suggest("fourth") == Searcher.FINISHED
+    assert searcher.ended is not None and "all 3 configurations" in searcher.ended
+
+
+def test_a_proposal_of_a_running_or_stopped_configuration_is_not_run_either(
+    storage: optuna.storages.BaseStorage,
+) -> None:
+    searcher = always_16(storage)
+    searcher.suggest("running")
+    searcher.on_trial_result("running", epoch(1, 0.6))
+    instead = searcher.suggest("while-it-runs")
+    assert instead["batch_size"] != 16
+    searcher.on_trial_complete("running", epoch(1, 0.6))  # stopped early after epoch 1
+    searcher.on_trial_complete("while-it-runs", epoch(3, 0.7))
+    searcher.suggest("after-it-stopped")
+
+    study = optuna.load_study(study_name="study", storage=storage)
+    while_running, after_stopped = (t for t in study.trials if REPEATS_ATTR in t.user_attrs)
+    # While it ran there was no score to copy; once stopped, its curve is the repeat's.
+    assert (while_running.state, while_running.value) == (OptunaState.PRUNED, None)
+    assert after_stopped.state == OptunaState.PRUNED
+    assert after_stopped.intermediate_values == {1: 0.6}
+
+
+def test_without_skipping_and_for_enqueued_configurations_every_proposal_runs(
+    storage: optuna.storages.BaseStorage,
+) -> None:
+    searcher = always_16(storage, repeats=True)  # population-based training's members
+    assert searcher.suggest("a") == searcher.suggest("b") == {"batch_size": 16}
+
+    other = optuna.storages.InMemoryStorage()
+    searcher = always_16(other)
+    searcher.seed(None, [], [{"batch_size": 16}, {"batch_size": 16}])  # the user asked twice
+    assert searcher.suggest("a") == searcher.suggest("b") == {"batch_size": 16}
+    trials = optuna.load_study(study_name="study", storage=other).trials
+    assert all(t.user_attrs == {ENQUEUED_ATTR: True} for t in trials)
+
+
+def test_configurations_of_a_space_match_the_values_a_sampler_computes() -> None:
+    space = {
+        "dropout": FloatDistribution(0.0, 0.3, step=0.1),
+        "epochs": IntDistribution(2, 6, step=2),
+        "batch_size": CategoricalDistribution([16, 32]),
+    }
+    points = configurations(space)
+    assert points is not None and len(points) == 4 * 3 * 2
+    keys = {configuration_key(space, point) for point in points}
+    assert len(keys) == len(points)
+    # 0.1 * 3 computed another way is still the same configuration.
+    sampled = {"dropout": 0.30000000000000004, "epochs": 4, "batch_size": 32}
+    assert configuration_key(space, sampled) in keys
+    assert configurations({**space, "learning_rate": SPACE["learning_rate"]}) is None
+    assert configurations({"seed": IntDistribution(0, 10**9)}) is None  # too many to list
