@@ -103,7 +103,11 @@ class StudySearcher(OptunaSearch):
     def __init__(self, *, repeats: bool = False, draw_seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._reported_steps: dict[str, set[int]] = {}
-        self._configurations = None if repeats else configurations(self._space)
+        points = None if repeats else configurations(self._space)
+        # Every configuration by its key, once: a repeat looks up the untried ones.
+        self._configurations = (
+            None if points is None else {configuration_key(self._space, p): p for p in points}
+        )
         self._draws = np.random.default_rng(draw_seed)
         # Why the search ended short of its trials, if it did.
         self.ended: str | None = None
@@ -206,11 +210,7 @@ class StudySearcher(OptunaSearch):
         self._tell_repeat(asked, earlier)
         del self._ot_trials[trial_id]
         assert self._configurations is not None
-        untried = [
-            point
-            for point in self._configurations
-            if configuration_key(self._space, point) not in tried
-        ]
+        untried = [point for key, point in self._configurations.items() if key not in tried]
         if not untried:
             self.ended = (
                 f"all {len(self._configurations)} configurations of the search space were "
