@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -91,12 +92,74 @@ def configurations(space: Mapping[str, BaseDistribution]) -> list[dict[str, Any]
     return [dict(zip(space, point, strict=True)) for point in itertools.product(*values)]
 
 
+class FiniteSpace:
+    """Every configuration of a finite search space, to find the untried ones nearest to a
+    configuration a sampler wanted."""
+
+    def __init__(self, space: Mapping[str, BaseDistribution], points: list[dict[str, Any]]):
+        self._space = space
+        self._points = points
+        self._keys = [configuration_key(space, point) for point in points]
+        self._ranks = np.array([_ranks(space, key) for key in self._keys], dtype=float)
+        self._unordered = np.array([not _ordered(d) for d in space.values()], dtype=bool)
+
+    @classmethod
+    def of(cls, space: Mapping[str, BaseDistribution]) -> FiniteSpace | None:
+        """``None`` for a space with a continuous parameter or too many configurations."""
+        points = configurations(space)
+        return None if points is None else cls(space, points)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def nearest_untried(
+        self, wanted: Mapping[str, Any], tried: Container[tuple[float, ...]]
+    ) -> list[dict[str, Any]]:
+        """The configurations not in ``tried`` (keys) closest to ``wanted``: the fewest
+        parameters changed, then the fewest steps along ordered ones (numbers in increasing
+        order; unordered choices are one step apart). Empty once every one was tried."""
+        untried = np.array([key not in tried for key in self._keys], dtype=bool)
+        if not untried.any():
+            return []
+        steps = np.abs(self._ranks - _ranks(self._space, configuration_key(self._space, wanted)))
+        steps[:, self._unordered] = np.minimum(steps[:, self._unordered], 1)
+        changed = (steps > 0).sum(axis=1)
+        total = steps.sum(axis=1)
+        fewest = changed[untried].min()
+        closest = untried & (changed == fewest)
+        closest &= total == total[closest].min()
+        return [self._points[i] for i in np.flatnonzero(closest)]
+
+
 def configuration_key(
     space: Mapping[str, BaseDistribution], params: Mapping[str, Any]
 ) -> tuple[float, ...]:
     """What tells two configurations of ``space`` apart: each parameter's choice index or
     step number (so floats computed two ways still match), a continuous one's value."""
     return tuple(_position(space[name], params[name]) for name in space)
+
+
+def _ordered(distribution: BaseDistribution) -> bool:
+    """Whether a parameter's values lie along a line: numbers, not other choices."""
+    if isinstance(distribution, CategoricalDistribution):
+        return all(
+            isinstance(choice, int | float) and not isinstance(choice, bool)
+            for choice in distribution.choices
+        )
+    return True
+
+
+def _ranks(space: Mapping[str, BaseDistribution], key: tuple[float, ...]) -> list[float]:
+    """A configuration's place along each parameter: a number choice's rank among the
+    choices, a step number, or an unordered choice's index."""
+    ranks = []
+    for distribution, position in zip(space.values(), key, strict=True):
+        if isinstance(distribution, CategoricalDistribution) and _ordered(distribution):
+            value = distribution.choices[int(position)]
+            ranks.append(float(sorted(distribution.choices).index(value)))
+        else:
+            ranks.append(float(position))
+    return ranks
 
 
 def _count(distribution: BaseDistribution) -> int | None:

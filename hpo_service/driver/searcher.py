@@ -13,10 +13,11 @@ A sampler may propose a configuration the study has trained already (TPE often d
 space of choices); with the same seed it would train to the same scores. Such a proposal is
 not run: it stays in Optuna as a trial that repeats the earlier one (user attribute
 ``hpo:repeats``; told the earlier trial's outcome, or PRUNED with no value while the earlier
-one still runs), and an untried configuration drawn at random runs in its place
-(``hpo:drawn_instead_of``). Once every configuration has been tried the search ends. Spaces
-with a continuous parameter, or more than ``MAX_GRID_POINTS`` configurations, are searched as
-the sampler proposes.
+one still runs), and the untried configuration nearest to it runs in its place
+(``hpo:drawn_instead_of``): the sampler wanted that region, so the fewest parameters changed,
+then the fewest steps along numbers, ties drawn at random. Once every configuration has been
+tried the search ends. Spaces with a continuous parameter, or more than ``MAX_GRID_POINTS``
+configurations, are searched as the sampler proposes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import TrialState
 from hpo_service.db.reconcile import CHECKPOINT_ATTR, CONFIRMS_ATTR, RESUMES_ATTR, SEED_ATTR
-from hpo_service.driver.search_space import configuration_key, configurations
+from hpo_service.driver.search_space import FiniteSpace, configuration_key
 
 _OPTUNA_STATES = {
     TrialState.COMPLETE: OptunaTrialState.COMPLETE,
@@ -97,17 +98,13 @@ class StudySearcher(OptunaSearch):
 
     ``repeats=True`` runs every proposal as it comes (population-based training, whose
     members' scores depend on the population's schedule, not only on their configuration);
-    ``draw_seed`` seeds the draws of untried configurations.
+    ``draw_seed`` seeds the draws among equally near untried configurations.
     """
 
     def __init__(self, *, repeats: bool = False, draw_seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._reported_steps: dict[str, set[int]] = {}
-        points = None if repeats else configurations(self._space)
-        # Every configuration by its key, once: a repeat looks up the untried ones.
-        self._configurations = (
-            None if points is None else {configuration_key(self._space, p): p for p in points}
-        )
+        self._configurations = None if repeats else FiniteSpace.of(self._space)
         self._draws = np.random.default_rng(draw_seed)
         # Why the search ended short of its trials, if it did.
         self.ended: str | None = None
@@ -191,8 +188,8 @@ class StudySearcher(OptunaSearch):
         return config
 
     def _untried(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any] | str | None:
-        """``config`` when the sampler proposed it anew, else an untried configuration drawn
-        in its place (``Searcher.FINISHED`` when none is left)."""
+        """``config`` when the sampler proposed it anew, else the untried configuration
+        nearest to it (``Searcher.FINISHED`` when none is left)."""
         asked = self._ot_trials[trial_id]
         if any(attr in asked.user_attrs for attr in _NOT_PROPOSED):
             return config
@@ -210,14 +207,14 @@ class StudySearcher(OptunaSearch):
         self._tell_repeat(asked, earlier)
         del self._ot_trials[trial_id]
         assert self._configurations is not None
-        untried = [point for key, point in self._configurations.items() if key not in tried]
-        if not untried:
+        nearest = self._configurations.nearest_untried(asked.params, tried)
+        if not nearest:
             self.ended = (
                 f"all {len(self._configurations)} configurations of the search space were "
                 "tried (the sampler proposed trained ones again)"
             )
             return Searcher.FINISHED
-        point = untried[int(self._draws.integers(len(untried)))]
+        point = nearest[int(self._draws.integers(len(nearest)))]
         self._ot_study.enqueue_trial(point, user_attrs={DRAWN_ATTR: asked.number})
         return super().suggest(trial_id)
 

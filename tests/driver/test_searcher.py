@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 
 from hpo_service.core.records import TrialState
 from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
-from hpo_service.driver.search_space import configuration_key, configurations
+from hpo_service.driver.search_space import FiniteSpace, configuration_key, configurations
 from hpo_service.driver.searcher import (
     DRAWN_ATTR,
     ENQUEUED_ATTR,
@@ -211,7 +211,8 @@ def test_a_trained_configuration_proposed_again_is_not_run_and_untried_ones_run_
     third = searcher.suggest("third")
     searcher.on_trial_complete("third", epoch(3, 0.6))
 
-    assert {second["batch_size"], third["batch_size"]} == {32, 64}
+    # The nearest untried configuration runs instead: 32 is one step from 16, 64 two.
+    assert [second["batch_size"], third["batch_size"]] == [32, 64]
     trials = optuna.load_study(study_name="study", storage=storage).trials
     repeats = [t for t in trials if REPEATS_ATTR in t.user_attrs]
     # Each repeated proposal stays in Optuna, told the trial it repeats' score, never run.
@@ -275,3 +276,43 @@ def test_configurations_of_a_space_match_the_values_a_sampler_computes() -> None
     assert configuration_key(space, sampled) in keys
     assert configurations({**space, "learning_rate": SPACE["learning_rate"]}) is None
     assert configurations({"seed": IntDistribution(0, 10**9)}) is None  # too many to list
+
+
+def test_the_nearest_untried_configurations_change_fewest_parameters_then_fewest_steps() -> None:
+    space = {
+        "learning_rate": CategoricalDistribution([5e-5, 3e-5, 2e-5]),  # ordered by value
+        "batch_size": CategoricalDistribution([16, 32]),
+        "epochs": IntDistribution(2, 4),
+        "scheduler": CategoricalDistribution(["linear", "cosine", "constant"]),  # unordered
+    }
+    finite = FiniteSpace.of(space)
+    assert finite is not None and len(finite) == 3 * 2 * 3 * 3
+    wanted = {"learning_rate": 5e-5, "batch_size": 16, "epochs": 3, "scheduler": "linear"}
+    tried = {configuration_key(space, wanted)}
+
+    def changes(point: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in point.items() if wanted[name] != value}
+
+    one_step = finite.nearest_untried(wanted, tried)
+    assert sorted(map(str, map(changes, one_step))) == sorted(
+        map(
+            str,
+            [
+                {"learning_rate": 3e-5},
+                {"batch_size": 32},
+                {"epochs": 2},
+                {"epochs": 4},
+                {"scheduler": "cosine"},
+                {"scheduler": "constant"},
+            ],
+        )
+    )
+    tried |= {configuration_key(space, point) for point in one_step}
+    # One parameter two steps away (5e-5 to 2e-5) comes before two parameters changed.
+    two_steps = finite.nearest_untried(wanted, tried)
+    assert [changes(point) for point in two_steps] == [{"learning_rate": 2e-5}]
+    tried |= {configuration_key(space, two_steps[0])}
+    assert all(len(changes(point)) == 2 for point in finite.nearest_untried(wanted, tried))
+    everything = {configuration_key(space, point) for point in configurations(space) or []}
+    assert finite.nearest_untried(wanted, everything) == []
+    assert FiniteSpace.of(SPACE) is None  # a continuous parameter: nothing to list
