@@ -178,9 +178,9 @@ class StudySearcher(OptunaSearch):
         if not isinstance(config, dict):
             return config
         attrs = self._ot_trials[trial_id].user_attrs if trial_id in self._ot_trials else {}
-        if config is not None and SEED_ATTR in attrs:  # a confirmation run's fresh seed
+        if SEED_ATTR in attrs:  # a confirmation run's fresh seed
             config = {**config, "seed": attrs[SEED_ATTR]}
-        if config is not None and RESUMES_ATTR in attrs:
+        if RESUMES_ATTR in attrs:
             resume = {"trial": attrs[RESUMES_ATTR], "checkpoint": attrs.get(CHECKPOINT_ATTR)}
             config = {**config, RESUME_KEY: resume}
             if resume["checkpoint"] and not self.several:  # it goes on from those epochs
