@@ -12,12 +12,14 @@ single-objective), so none are reported: our tables keep them.
 A sampler may propose a configuration the study has trained already (TPE often does in a small
 space of choices); with the same seed it would train to the same scores. Such a proposal is
 not run: it stays in Optuna as a trial that repeats the earlier one (user attribute
-``hpo:repeats``; told the earlier trial's outcome, or PRUNED with no value while the earlier
-one still runs), and the untried configuration nearest to it runs in its place
-(``hpo:drawn_instead_of``): the sampler wanted that region, so the fewest parameters changed,
-then the fewest steps along numbers, ties drawn at random. Once every configuration has been
-tried the search ends. Spaces with a continuous parameter, or more than ``MAX_GRID_POINTS``
-configurations, are searched as the sampler proposes.
+``hpo:repeats``; told the earlier trial's outcome, or FAIL while the earlier one still runs:
+samplers skip failed trials, whereas TPE would rank a pruned one with no value below every
+other trial, for good, and steer away from the configuration it favoured), and the untried
+configuration nearest to it runs in its place (``hpo:drawn_instead_of``): the sampler wanted
+that region, so the fewest parameters changed, then the fewest steps along numbers, ties drawn
+at random. Once every configuration has been tried the search ends. Spaces with a continuous
+parameter, or more than ``MAX_GRID_POINTS`` configurations, are searched as the sampler
+proposes.
 """
 
 from __future__ import annotations
@@ -219,13 +221,16 @@ class StudySearcher(OptunaSearch):
         return super().suggest(trial_id)
 
     def _tell_repeat(self, asked: optuna.Trial, earlier: FrozenTrial) -> None:
-        """Tell Optuna that ``asked`` repeats ``earlier``: its outcome, or pruned with no value
-        while ``earlier`` still runs."""
+        """Tell Optuna that ``asked`` repeats ``earlier``: its outcome, or failed (which
+        samplers skip) while ``earlier`` still runs."""
         asked.set_user_attr(REPEATS_ATTR, earlier.number)
         if earlier.state == OptunaTrialState.COMPLETE:
             self._ot_study.tell(asked, earlier.values)
             return
-        if earlier.state == OptunaTrialState.PRUNED and not self.several:
+        if earlier.state == OptunaTrialState.RUNNING:
+            self._ot_study.tell(asked, state=OptunaTrialState.FAIL)
+            return
+        if not self.several:
             for step, value in sorted(earlier.intermediate_values.items()):
                 asked.report(value, step)
         self._ot_study.tell(asked, state=OptunaTrialState.PRUNED)
