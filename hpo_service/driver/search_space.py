@@ -100,7 +100,7 @@ class FiniteSpace:
         self._space = space
         self._points = points
         self._keys = [configuration_key(space, point) for point in points]
-        self._ranks = np.array([_ranks(space, key) for key in self._keys], dtype=float)
+        self._ranks = _ranks(space, np.array(self._keys, dtype=float))
         self._unordered = np.array([not _ordered(d) for d in space.values()], dtype=bool)
 
     @classmethod
@@ -121,7 +121,8 @@ class FiniteSpace:
         untried = np.array([key not in tried for key in self._keys], dtype=bool)
         if not untried.any():
             return []
-        steps = np.abs(self._ranks - _ranks(self._space, configuration_key(self._space, wanted)))
+        wanted_ranks = _ranks(self._space, np.array([configuration_key(self._space, wanted)]))
+        steps = np.abs(self._ranks - wanted_ranks)
         steps[:, self._unordered] = np.minimum(steps[:, self._unordered], 1)
         changed = (steps > 0).sum(axis=1)
         total = steps.sum(axis=1)
@@ -149,16 +150,15 @@ def _ordered(distribution: BaseDistribution) -> bool:
     return True
 
 
-def _ranks(space: Mapping[str, BaseDistribution], key: tuple[float, ...]) -> list[float]:
-    """A configuration's place along each parameter: a number choice's rank among the
-    choices, a step number, or an unordered choice's index."""
-    ranks = []
-    for distribution, position in zip(space.values(), key, strict=True):
+def _ranks(space: Mapping[str, BaseDistribution], positions: np.ndarray) -> np.ndarray:
+    """Configurations' places along each parameter (rows of ``configuration_key``s): a number
+    choice's rank among the choices, else the position (a step number, an unordered choice's
+    index)."""
+    ranks = positions.copy()
+    for column, distribution in enumerate(space.values()):
         if isinstance(distribution, CategoricalDistribution) and _ordered(distribution):
-            value = distribution.choices[int(position)]
-            ranks.append(float(sorted(distribution.choices).index(value)))
-        else:
-            ranks.append(float(position))
+            rank_of_index = np.argsort(np.argsort(distribution.choices, kind="stable"))
+            ranks[:, column] = rank_of_index[positions[:, column].astype(int)]
     return ranks
 
 
