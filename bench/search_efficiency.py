@@ -3,7 +3,7 @@
     .venv/bin/python bench/search_efficiency.py [--tasks SST-2,RTE,CoLA] [--trials 8]
         [--seeds 0,1,2] [--train-samples 512] [--eval-samples N] [--max-seq-length 64]
         [--methods grid,random,tpe,tpe-asha,tpe-hyperband,tpe-median,pbt,hf-optuna]
-        [--model NAME] [--out bench/results]
+        [--model NAME] [--gpus 0] [--out bench/results]
 
 Every method gets the same trial budget (``--trials``) over the same search space, the
 ``bert-paper`` preset (search_spaces/bert-paper.yaml: learning rate 5e-5/3e-5/2e-5, batch size
@@ -25,6 +25,10 @@ seed of ``--seeds``:
 - ``hf-optuna``: ``transformers.Trainer.hyperparameter_search(backend="optuna")`` with its
   defaults (Optuna's ``MedianPruner`` included) and a seeded ``TPESampler`` over the same
   choices, in this process, ``Trainer`` on the same token ids (``DataCollatorWithPadding``).
+
+With ``--gpus`` (a share of a GPU per trial, e.g. 1) the same runs go to the GPU: the
+service's trials through ``resources_per_trial.gpus`` (bf16 where the GPU has it), and
+hf-optuna's ``Trainer`` on the GPU in bf16 likewise, so both train at the same precision.
 
 Data: ``--train-samples`` training examples (a seeded sample, ``DatasetSpec.max_train_samples``)
 and the dev set (capped by ``--eval-samples``), the shipped all-MiniLM-L6-v2. Per trial it
@@ -132,7 +136,7 @@ def study_document(args: argparse.Namespace, task: str, method: str, seed: int) 
         "train": str(args.data / task / "train.tsv"),
         "eval": str(args.data / task / "dev.tsv"),
         "text_fields": spec["text_fields"],
-        "max_train_samples": args.train_samples,
+        "max_train_samples": args.train_samples or None,  # 0: the whole train set
         "max_eval_samples": args.eval_samples,
         "max_seq_length": args.max_seq_length,
     }
@@ -149,7 +153,7 @@ def study_document(args: argparse.Namespace, task: str, method: str, seed: int) 
         "objective": {"metric": spec["metric"]},
         "sampler": sampler,
         "limits": {"trials": args.trials, "concurrent_trials": 1},
-        "resources_per_trial": {"cpus": args.cpus},
+        "resources_per_trial": {"cpus": args.cpus, "gpus": args.gpus},
         "execution": {"checkpoints": False},
     }
     if method in EARLY_STOPPING:
@@ -157,6 +161,7 @@ def study_document(args: argparse.Namespace, task: str, method: str, seed: int) 
     if method == "pbt":  # the population trains at once, sharing the same cores
         document["limits"]["concurrent_trials"] = args.trials
         document["resources_per_trial"]["cpus"] = args.cpus / args.trials
+        document["resources_per_trial"]["gpus"] = args.gpus / args.trials
         document["execution"]["checkpoints"] = True
     return document
 
@@ -200,6 +205,7 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
 def run_hf_optuna(args: argparse.Namespace, task: str, seed: int, setup: Any) -> SearchRun:
     """``Trainer.hyperparameter_search(backend="optuna")`` over the preset's choices."""
     import optuna
+    import torch
     from transformers import (
         DataCollatorWithPadding,
         Trainer,
@@ -248,11 +254,16 @@ def run_hf_optuna(args: argparse.Namespace, task: str, seed: int, setup: Any) ->
                 )
             )
 
+    on_gpu = args.gpus > 0
     with tempfile.TemporaryDirectory(prefix="hpo-bench-hf-") as output_dir:
         trainer = Trainer(
             model_init=model_init,
             args=TrainingArguments(
-                output_dir=output_dir, use_cpu=True, disable_tqdm=True, **training_arguments(fixed)
+                output_dir=output_dir,
+                use_cpu=not on_gpu,
+                bf16=on_gpu and torch.cuda.is_bf16_supported(),  # as the service's trials
+                disable_tqdm=True,
+                **training_arguments(fixed),
             ),
             train_dataset=examples(setup.data.train),
             eval_dataset=examples(setup.data.eval),
@@ -461,6 +472,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average": os.getloadavg(),
     }
 
@@ -509,11 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials per method and seed")
     parser.add_argument("--seeds", default="0,1,2", help="sampler seeds")
     parser.add_argument("--startup", type=int, default=3, help="TPE's random startup trials")
-    parser.add_argument("--train-samples", type=int, default=512)
+    parser.add_argument("--train-samples", type=int, default=512, help="0: the whole train set")
     parser.add_argument("--eval-samples", type=int, help="cap on dev examples (default: all)")
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or model directory")
     parser.add_argument("--cpus", type=int, default=min(os.cpu_count() or 1, 2), help="per trial")
+    parser.add_argument(
+        "--gpus", type=float, default=0.0, help="per trial (0: CPU only; 1: a whole GPU)"
+    )
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
@@ -529,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown tasks or methods {bad}; tasks: {list(TASKS)}, methods: {METHODS}"
         )
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--gpus {args.gpus}: no CUDA GPU here (torch {torch.__version__})")
 
     import ray
 
