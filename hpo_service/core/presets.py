@@ -95,7 +95,13 @@ def read_definition_file(path: Path) -> dict[str, Any]:
     """The document in a YAML or JSON file, with relative dataset paths made absolute."""
     if not path.is_file():
         raise DefinitionError(str(path), "no such file")
-    document = parse_document(path.read_text(), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DefinitionError(str(path), "is not UTF-8 text") from error
+    except OSError as error:  # unreadable: permissions, a file gone since the check
+        raise DefinitionError(str(path), f"cannot be read: {error.strerror}") from error
+    document = parse_document(text, source=str(path))
     return with_paths_relative_to(document, path.parent)
 
 

@@ -80,6 +80,12 @@ def test_validate_document_that_is_not_a_mapping(tmp_path: Path, text: str) -> N
     assert_clear_failure(hpo("validate", str(path)), "study.yaml", "mapping")
 
 
+def test_validate_a_file_that_is_not_utf8_text(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_bytes("name: café\n".encode("latin-1"))  # an editor's legacy encoding
+    assert_clear_failure(hpo("validate", str(path)), "study.yaml", "UTF-8")
+
+
 def test_validate_missing_file(tmp_path: Path) -> None:
     assert_clear_failure(hpo("validate", str(tmp_path / "nosuch.yaml")), "nosuch.yaml")
 
