@@ -1,7 +1,7 @@
 """Where a study's model loads from: a local directory, the shipped MiniLM, or a hub id.
 
-No torch or transformers here: the service checks a model at submission with this, and the
-training code loads it from the same place.
+No torch or transformers here: the service (at submission) and `hpo validate` / `hpo run`
+check a model with this, and the training code loads it from the same place.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpo_service.core.definition import DEFAULT_MODEL, ModelSpec
+from hpo_service.core.errors import DefinitionError
+
+HUB_TIMEOUT_S = 5.0
 
 
 def model_location(spec: ModelSpec) -> str:
@@ -25,3 +28,40 @@ def model_location(spec: ModelSpec) -> str:
 def looks_like_path(name: str) -> bool:
     """Whether ``name`` is meant as a directory rather than a hub id."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Refuse a model that cannot load, without loading it: a directory needs a config.json; a
+    hub id must be in the local cache or, unless ``HF_HUB_OFFLINE`` is set, on the hub."""
+    location = Path(model_location(spec))
+    if location.is_dir():
+        if not (location / "config.json").is_file():
+            raise DefinitionError("model.name", f"{spec.name!r} is a folder without config.json")
+        return
+    if looks_like_path(spec.name):
+        raise DefinitionError("model.name", f"{spec.name!r} is not a folder on this machine")
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, HTTPError
+
+    try:
+        cached = try_to_load_from_cache(spec.name, "config.json", revision=spec.revision)
+    except HFValidationError as error:
+        raise DefinitionError(
+            "model.name", f"{spec.name!r} is neither a folder nor a hub id: {error}"
+        ) from error
+    if isinstance(cached, str):
+        return
+    revision = f" at revision {spec.revision!r}" if spec.revision else ""
+    if constants.HF_HUB_OFFLINE:
+        raise DefinitionError(
+            "model.name",
+            f"{spec.name!r}{revision} is not in the local model cache, and HF_HUB_OFFLINE is set",
+        )
+    url = hf_hub_url(spec.name, "config.json", revision=spec.revision)
+    try:
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S)
+    except (HTTPError, OSError) as error:  # not found, gated, or the hub cannot be reached
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DefinitionError(
+            "model.name", f"{spec.name!r}{revision} cannot be found on the hub: {reason}"
+        ) from error

@@ -9,9 +9,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from hpo_service.core.definition import DatasetSpec, ModelSpec
+from hpo_service.core.definition import DatasetSpec
 from hpo_service.core.errors import ConflictError, DefinitionError
-from hpo_service.core.model_source import looks_like_path, model_location
+from hpo_service.core.model_source import check_model
 from hpo_service.core.presets import resolve_definition, with_paths_relative_to
 from hpo_service.core.records import (
     ACTIVE_STATUSES,
@@ -23,8 +23,6 @@ from hpo_service.core.settings import Settings
 from hpo_service.data import load_labelled_data
 from hpo_service.db.optuna_storage import delete_optuna_study
 from hpo_service.db.store import Store
-
-HUB_TIMEOUT_S = 5.0
 
 
 def submit_study(document: dict[str, Any], store: Store, settings: Settings) -> StudyRecord:
@@ -94,43 +92,6 @@ def _check_inside(field: str, path: Path, roots: list[Path]) -> None:
         raise DefinitionError(
             field, f"{path} is outside the folders datasets may come from ({allowed})"
         )
-
-
-def check_model(spec: ModelSpec) -> None:
-    """Refuse a model that cannot load, without loading it: a directory needs a config.json; a
-    hub id must be in the local cache or, unless ``HF_HUB_OFFLINE`` is set, on the hub."""
-    location = Path(model_location(spec))
-    if location.is_dir():
-        if not (location / "config.json").is_file():
-            raise DefinitionError("model.name", f"{spec.name!r} is a folder without config.json")
-        return
-    if looks_like_path(spec.name):
-        raise DefinitionError("model.name", f"{spec.name!r} is not a folder on the service's host")
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError, HTTPError
-
-    try:
-        cached = try_to_load_from_cache(spec.name, "config.json", revision=spec.revision)
-    except HFValidationError as error:
-        raise DefinitionError(
-            "model.name", f"{spec.name!r} is neither a folder nor a hub id: {error}"
-        ) from error
-    if isinstance(cached, str):
-        return
-    revision = f" at revision {spec.revision!r}" if spec.revision else ""
-    if constants.HF_HUB_OFFLINE:
-        raise DefinitionError(
-            "model.name",
-            f"{spec.name!r}{revision} is not in the local model cache, and HF_HUB_OFFLINE is set",
-        )
-    url = hf_hub_url(spec.name, "config.json", revision=spec.revision)
-    try:
-        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S)
-    except (HTTPError, OSError) as error:  # not found, gated, or the hub cannot be reached
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise DefinitionError(
-            "model.name", f"{spec.name!r}{revision} cannot be found on the hub: {reason}"
-        ) from error
 
 
 def cancel_study(name: str, store: Store) -> StudyRecord:

@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, make_url, text
 
 from hpo_service.core.definition import ModelSpec
 from hpo_service.core.errors import DefinitionError
+from hpo_service.core.model_source import check_model
 from hpo_service.core.presets import merge, resolve_definition
 from hpo_service.core.records import Scope, StudyStatus
 from hpo_service.db.store import Store
-from hpo_service.service.studies import check_model
 from hpo_service.service.tokens import create_token
 
 SEARCH = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True}}

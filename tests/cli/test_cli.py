@@ -101,6 +101,17 @@ def test_validate_missing_dataset_file(tmp_path: Path) -> None:
     assert_clear_failure(hpo("validate", str(path)), "dataset.train", "missing.csv")
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_model_that_cannot_load_is_refused_before_anything_runs(
+    command: str, tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    path = write_definition(tmp_path, sentiment_files)
+    path.write_text(path.read_text() + f"model: {{name: {tmp_path / 'no-such-model'}}}\n")
+    args = ["--database-url", f"sqlite:///{tmp_path / 'hpo.db'}"] if command == "run" else []
+    assert_clear_failure(hpo(command, str(path), *args), "model.name", "no-such-model")
+    assert not (tmp_path / "hpo.db").exists()  # nothing started, nothing recorded
+
+
 def test_validate_unknown_preset(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> None:
     path = write_definition(tmp_path, sentiment_files)
     path.write_text(path.read_text() + "preset: nosuch\n")
