@@ -45,19 +45,61 @@ def load_preset(name: str) -> dict[str, Any]:
     return document
 
 
+class _RepeatedKey(ValueError):
+    def __init__(self, key: Any, line: int | None) -> None:
+        super().__init__(f"repeated key {key!r}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping, where PyYAML would keep
+    the last value and silently drop the others."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, keys it may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):  # unhashable: SafeLoader refuses it below
+                continue
+            if key in seen:
+                raise _RepeatedKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (``json`` keeps the last)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key, None)
+        seen.add(key)
+    return dict(pairs)
+
+
 def parse_document(
     text: str, source: str = "definition", syntax: Literal["yaml", "json"] = "yaml"
 ) -> dict[str, Any]:
     """A YAML (or JSON, which is YAML) mapping, or strictly JSON with ``syntax="json"``.
 
-    Raises ``DefinitionError`` if it is not one, or is nested deeper than ``MAX_DEPTH`` or holds
-    more than ``MAX_VALUES`` values.
+    Raises ``DefinitionError`` if it is not one, repeats a key within a mapping, or is nested
+    deeper than ``MAX_DEPTH`` or holds more than ``MAX_VALUES`` values.
     """
     too_deep = DefinitionError(source, f"is nested deeper than {MAX_DEPTH} levels")
     try:
-        document = json.loads(text) if syntax == "json" else yaml.safe_load(text)
+        if syntax == "json":
+            document = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except RecursionError as error:  # the parsers recurse once per level of nesting
         raise too_deep from error
+    except _RepeatedKey as error:
+        where = f" at line {error.line}" if error.line else ""
+        raise DefinitionError(
+            source, f"repeats the key {error.key!r}{where}; each key may appear once"
+        ) from error
     except json.JSONDecodeError as error:
         raise DefinitionError(
             source, f"not valid JSON: {error.msg} at line {error.lineno}"
@@ -65,7 +107,10 @@ def parse_document(
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DefinitionError(source, f"not valid YAML or JSON{where}") from error
+        problem = getattr(error, "problem", None)
+        raise DefinitionError(
+            source, f"not valid YAML or JSON{where}" + (f": {problem}" if problem else "")
+        ) from error
     except (ValueError, OverflowError) as error:  # a date like 2024-13-45, a 5000-digit number
         raise DefinitionError(source, f"holds a value that cannot be read: {error}") from error
     if not isinstance(document, dict):

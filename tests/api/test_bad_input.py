@@ -157,6 +157,16 @@ def bad_submissions(files: tuple[Path, Path]) -> dict[str, tuple[str, str, str]]
             limits={"trials": None},
             parameters={"learning_rate": {"type": "float", "low": 0, "high": 1, "step": 1e-300}},
         ),
+        "json-repeated-key": (  # json.loads would keep the last "name" without a word
+            '{"name": "first", ' + json_case(files, "")[0][1:],
+            "application/json",
+            "body",
+        ),
+        "yaml-repeated-key": (
+            yaml_case(files, "")[0] + "name: again\n",
+            "application/yaml",
+            "body",
+        ),
         "model-folder-missing": json_case(files, "model.name", model={"name": "/no/such/model"}),
         "model-not-cached-offline": json_case(
             files, "model.name", model={"name": "no-such-org/no-such-model"}

@@ -80,6 +80,12 @@ def test_validate_document_that_is_not_a_mapping(tmp_path: Path, text: str) -> N
     assert_clear_failure(hpo("validate", str(path)), "study.yaml", "mapping")
 
 
+def test_validate_a_key_given_twice(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> None:
+    path = write_definition(tmp_path, sentiment_files)
+    path.write_text(path.read_text() + "name: sentiment-cli-again\n")  # YAML would keep this one
+    assert_clear_failure(hpo("validate", str(path)), "study.yaml", "repeats the key 'name'")
+
+
 def test_validate_a_file_that_is_not_utf8_text(tmp_path: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_bytes("name: café\n".encode("latin-1"))  # an editor's legacy encoding
