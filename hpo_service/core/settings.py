@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         default=None,
         description="The Ray dashboard's URL (http://head:8265): run drivers as Ray jobs there.",
     )
+    ray_fixed_size: bool | None = Field(
+        default=None,
+        description="Whether the Ray cluster never gains nodes: then a study whose trial fits on "
+        "none of its nodes fails at once instead of waiting for one forever. Default: yes for a "
+        "local Ray (`hpo run`'s, the service's own head), no with HPO_RAY_ADDRESS (it may "
+        "autoscale).",
+    )
     ray_num_cpus: int | None = Field(
         default=None,
         ge=1,

@@ -36,7 +36,7 @@ from hpo_service.core.definition import (
     PopulationBased,
     StudyDefinition,
 )
-from hpo_service.core.errors import HpoError, RayUnavailableError
+from hpo_service.core.errors import DefinitionError, HpoError, RayUnavailableError
 from hpo_service.core.packing import DeviceFacts, plan_packing
 from hpo_service.core.pareto import describe
 from hpo_service.core.records import (
@@ -154,6 +154,7 @@ def run_study(
     check_warm_start(definition, store.find_study)
     setup = prepare_trials(definition)
     with ray_runtime(settings):  # before the study is stored: no cluster, no study
+        check_trials_fit(definition, settings)
         store.create_study(document, definition)
         return _run(store, definition, settings, setup, callbacks)
 
@@ -176,7 +177,39 @@ def resume_study(
         store.set_status(name, StudyStatus.FAILED, str(error))
         raise
     with ray_runtime(settings):
+        try:
+            check_trials_fit(definition, settings)
+        except HpoError as error:
+            store.set_status(name, StudyStatus.FAILED, str(error))
+            raise
         return _run(store, definition, settings, setup, callbacks)
+
+
+def check_trials_fit(definition: StudyDefinition, settings: Settings) -> None:
+    """Refuse a study whose trial asks for more CPUs or GPUs than any node of a Ray cluster
+    that never gains nodes (``settings.ray_fixed_size``) has: Ray would wait for one forever.
+
+    Raises ``DefinitionError`` naming ``resources_per_trial``'s field at fault.
+    """
+    fixed = settings.ray_fixed_size
+    if not (fixed if fixed is not None else not settings.ray_address):
+        return
+    asked = definition.resources_per_trial
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    if any(
+        asked.cpus <= node.get("CPU", 0.0) + 1e-9 and asked.gpus <= node.get("GPU", 0.0) + 1e-9
+        for node in nodes
+    ):
+        return
+    field = "gpus" if asked.gpus > gpus + 1e-9 else "cpus"
+    raise DefinitionError(
+        f"resources_per_trial.{field}",
+        f"a trial asks for {asked.cpus:g} CPUs and {asked.gpus:g} GPUs, but no node of this Ray "
+        f"cluster has them (at most {cpus:g} CPUs and {gpus:g} GPUs a node), and it gains no "
+        "nodes (HPO_RAY_FIXED_SIZE)",
+    )
 
 
 def prepare_trials(definition: StudyDefinition) -> TrialSetup:

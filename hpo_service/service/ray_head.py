@@ -126,8 +126,13 @@ class LocalRayHead:
             pipe.close()
 
     def environment(self) -> dict[str, str]:
-        """What a driver needs to join this head (``HPO_RAY_ADDRESS`` and Ray's token)."""
-        return {"HPO_RAY_ADDRESS": self.address, **_auth_environment(self.token)}
+        """What a driver needs to join this head (``HPO_RAY_ADDRESS`` and Ray's token), and
+        that it never gains nodes."""
+        return {
+            "HPO_RAY_ADDRESS": self.address,
+            "HPO_RAY_FIXED_SIZE": "true",
+            **_auth_environment(self.token),
+        }
 
     def alive(self) -> bool:
         return self.supervisor.poll() is None

@@ -13,9 +13,11 @@ from helpers import optuna_trials, run, tiny_study
 from optuna.trial import TrialState as OptunaState
 
 from hpo_service.core.errors import AlreadyExistsError, DefinitionError
+from hpo_service.core.presets import resolve_definition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import Settings
 from hpo_service.db.store import Store
+from hpo_service.driver.runner import check_trials_fit, resume_study
 from hpo_service.driver.searcher import REPEATS_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
@@ -266,3 +268,46 @@ def test_a_taken_name_is_refused_and_the_first_study_kept(
     store = Store.open(Settings(database_url=sqlite_url).database_url)
     assert store.get_study("twice").status == StudyStatus.COMPLETED
     assert len(store.trials("twice")) == 1
+
+
+@pytest.mark.parametrize(
+    ("resources", "field"),
+    [({"cpus": 3}, "resources_per_trial.cpus"), ({"gpus": 1}, "resources_per_trial.gpus")],
+)
+def test_a_trial_no_node_can_hold_is_refused_not_left_waiting(
+    resources: dict[str, float],
+    field: str,
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    """The session's local Ray has 2 CPUs and no GPU, and gains no nodes: Ray would keep such a
+    trial pending forever. `hpo run` stores nothing; a queued study (the service's) fails."""
+    document = tiny_study(
+        "too-big", tiny_models["bert"], sentiment_files, resources_per_trial=resources
+    )
+    with pytest.raises(DefinitionError) as error:
+        run(document, sqlite_url, tmp_path)
+    assert error.value.field == field and "at most 2 CPUs and 0 GPUs a node" in str(error.value)
+    store = Store.open(sqlite_url)
+    assert store.find_study("too-big") is None
+
+    store.create_study(document, resolve_definition(document))
+    settings = Settings(database_url=sqlite_url, work_dir=tmp_path / "work")
+    with pytest.raises(DefinitionError):
+        resume_study("too-big", settings)
+    record = store.get_study("too-big")
+    assert record.status == StudyStatus.FAILED and field in (record.error or "")
+    assert store.trials("too-big") == []
+
+
+def test_a_cluster_that_may_gain_nodes_is_not_checked(tiny_models: dict[str, Path]) -> None:
+    document = tiny_study(
+        "big", tiny_models["bert"], (Path("t.csv"), Path("d.csv")), resources_per_trial={"cpus": 64}
+    )
+    definition = resolve_definition(document)
+    check_trials_fit(definition, Settings(ray_fixed_size=False))
+    check_trials_fit(definition, Settings(ray_address="ray://head:10001"))  # may autoscale
+    with pytest.raises(DefinitionError):
+        check_trials_fit(definition, Settings(ray_address="ray://head:10001", ray_fixed_size=True))
