@@ -26,11 +26,13 @@ from hpo_service.core.errors import HpoError
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Create or upgrade hpo-service's tables to this version's schema."""
     from hpo_service.db.migrate import current_revision, upgrade
-    from hpo_service.db.store import make_engine
+    from hpo_service.db.store import make_engine, opening_database
 
-    engine = make_engine(settings_for(database_url).database_url)
-    upgrade(engine)
-    out.print(f"database schema at revision {current_revision(engine)}")
+    with opening_database():
+        engine = make_engine(settings_for(database_url).database_url)
+        upgrade(engine)
+        revision = current_revision(engine)
+    out.print(f"database schema at revision {revision}")
 
 
 @token_app.command("create")

@@ -75,6 +75,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+@contextmanager
+def opening_database() -> Iterator[None]:
+    """A database that cannot be opened (a URL with no such driver or that does not parse, no
+    such server, database or folder, a file that is not a database) becomes ``StorageError``
+    in one line."""
+    try:
+        yield
+    except SQLAlchemyError as error:
+        raise StorageError(f"cannot open the database: {_one_line(error)}") from error
+
+
 def _write_lock_for(engine: Engine) -> AbstractContextManager[Any]:
     """What a write transaction holds: on SQLite, one lock per database file in this process.
 
@@ -115,10 +126,12 @@ class Store:
     def open(cls, url: str) -> Store:
         """The store at ``url``, its tables created if the database has none yet.
 
-        Raises ``SchemaOutdatedError`` if they are on an older schema.
+        Raises ``SchemaOutdatedError`` if they are on an older schema, and ``StorageError``
+        if the database cannot be opened.
         """
-        engine = make_engine(url)
-        ensure_schema(engine)
+        with opening_database():
+            engine = make_engine(url)
+            ensure_schema(engine)
         return cls(engine)
 
     def __reduce__(self) -> tuple[Any, ...]:

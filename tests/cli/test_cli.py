@@ -146,6 +146,24 @@ def test_best_of_unknown_study(tmp_path: Path) -> None:
     assert_clear_failure(result, "no study named", "nosuch")
 
 
+@pytest.mark.parametrize(
+    ("command", "url"),
+    [
+        (["best", "x"], "nosuchdriver://host/db"),
+        (["gate", "x"], "not a url"),
+        (["token", "list"], "sqlite:///{tmp}/no/such/folder/hpo.db"),
+        (["db", "upgrade"], "sqlite:///{tmp}/not-a-database.db"),
+        (["best", "x"], "postgresql://postgres@127.0.0.1:5432/no_such_database"),
+    ],
+)
+def test_a_database_that_cannot_be_opened_is_one_line(
+    command: list[str], url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-database.db").write_text("a text file, not SQLite\n" * 100)
+    result = hpo(*command, "--database-url", url.format(tmp=tmp_path))
+    assert_clear_failure(result, "cannot open the database")
+
+
 def test_best_rejects_unknown_format(tmp_path: Path) -> None:
     result = hpo("best", "s", "--format", "xml", "--database-url", f"sqlite:///{tmp_path}/x.db")
     assert_clear_failure(result, "xml")
