@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +195,23 @@ def _label_names(train: pd.DataFrame) -> list[str]:
         )
     if all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
+    fractions = [n for n in names if _is_number(n) and not float(n).is_integer()]
+    if fractions and all(_is_number(n) for n in names):
+        smallest = ", ".join(sorted(fractions, key=float)[:3])
+        raise DefinitionError(
+            "dataset.label_field",
+            f"labels are numbers with fractions ({smallest}, ...; "
+            f"{len(names)} distinct), a regression target: hpo-service fine-tunes classifiers, "
+            "whose labels are whole numbers or names",
+        )
     return sorted(names)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _cap(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:

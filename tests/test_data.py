@@ -149,6 +149,14 @@ def _check_reviews(data: LabelledData) -> None:
     assert texts == {f"review number {i}" for i in range(30)}
 
 
+def test_whole_numbers_written_as_decimals_are_class_names(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text(
+        "sentence,label\n" + "".join(f"text {i},{i % 2}.0\n" for i in range(20))
+    )
+    data = load_labelled_data(DatasetSpec(train=str(tmp_path / "train.csv")))
+    assert data.label_names == ["0.0", "1.0"]
+
+
 def test_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "reviews.jsonl"
     _reviews().to_json(path, orient="records", lines=True)
@@ -251,6 +259,13 @@ BAD_DATA = [
         "dataset.label_field",
         ["train"],
         id="row-without-label",
+    ),
+    pytest.param(  # an STS-B-like similarity score: 20 "classes" of one example each
+        {"train.csv": "sentence,label\n" + "".join(f"text {i},{i / 4:.2f}\n" for i in range(20))},
+        {"train": "train.csv"},
+        "dataset.label_field",
+        ["regression", "numbers with fractions", "distinct"],
+        id="continuous-labels",
     ),
     pytest.param(
         {"train.txt": TRAIN_CSV},
