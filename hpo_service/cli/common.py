@@ -112,10 +112,15 @@ def settings_with(**overrides: Any) -> Any:
 
 
 def load_definition(file: Path) -> tuple[dict[str, Any], StudyDefinition]:
+    """The file's document and definition, its model checked to load (as the service checks a
+    submission's): a model that cannot is one line before anything runs."""
+    from hpo_service.core.model_source import check_model
     from hpo_service.core.presets import read_definition_file, resolve_definition
 
     document = read_definition_file(file)
-    return document, resolve_definition(document)
+    definition = resolve_definition(document)
+    check_model(definition.model)
+    return document, definition
 
 
 def client_for(server: str | None, token: str | None) -> ServiceClient:

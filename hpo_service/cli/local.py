@@ -37,11 +37,9 @@ from hpo_service.core.errors import HpoError
 @clear_errors
 def validate(file: DefinitionFile) -> None:
     """Check a definition, its model and its data without running anything."""
-    from hpo_service.core.model_source import check_model
     from hpo_service.data import load_labelled_data
 
     _, definition = load_definition(file)
-    check_model(definition.model)
     data = load_labelled_data(definition.dataset)
     out.print(
         f"[green]ok[/green] {definition.name}: {definition.n_trials} trials, "
@@ -64,13 +62,11 @@ def run(
     Ctrl-C or SIGTERM cancels the study; its cut-off trials are recorded as interrupted."""
     import optuna
 
-    from hpo_service.core.model_source import check_model
     from hpo_service.driver.progress import StudyProgress
     from hpo_service.driver.runner import run_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     document, definition = load_definition(file)
-    check_model(definition.model)  # as the service does at submission: not a failure per trial
     settings = settings_for(database_url)
     if replace:
         _delete_finished(store_for(database_url), definition.name, settings.database_url)
