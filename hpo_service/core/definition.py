@@ -440,6 +440,9 @@ class TpeSampler(_Spec):
     seed: int | None = None
     n_startup_trials: int = Field(default=10, ge=0)
     multivariate: bool = False
+    # Trials still running count as the worst result so far, so trials proposed while others
+    # run spread out instead of all taking TPE's current favourite.
+    constant_liar: bool = True
 
 
 class GridSampler(_Spec):

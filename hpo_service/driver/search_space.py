@@ -74,6 +74,7 @@ def optuna_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
             seed=sampler.seed,
             n_startup_trials=sampler.n_startup_trials,
             multivariate=sampler.multivariate,
+            constant_liar=sampler.constant_liar,
         )
     if isinstance(sampler, GridSampler):
         return RayGridSampler(definition.parameters.grid(), seed=sampler.seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import pickle
 import warnings
 from typing import Any
@@ -12,9 +14,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState as OptunaState
 from ray.tune.search import Searcher
 
+from hpo_service.core.presets import resolve_definition
 from hpo_service.core.records import TrialState
 from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
-from hpo_service.driver.search_space import FiniteSpace, configuration_key, configurations
+from hpo_service.driver.search_space import (
+    FiniteSpace,
+    configuration_key,
+    configurations,
+    optuna_sampler,
+)
 from hpo_service.driver.searcher import (
     DRAWN_ATTR,
     ENQUEUED_ATTR,
@@ -317,3 +325,41 @@ def test_the_nearest_untried_configurations_change_fewest_parameters_then_fewest
     everything = {configuration_key(space, point) for point in configurations(space) or []}
     assert finite.nearest_untried(wanted, everything) == []
     assert FiniteSpace.of(SPACE) is None  # a continuous parameter: nothing to list
+
+
+def closest_pair_of_proposals_while_others_run(sampler: dict[str, Any]) -> float:
+    """How close, in decades of learning rate, the nearest two of four trials proposed at once
+    lie, after 20 finished trials of a study whose best learning rate is 1e-4."""
+    definition = resolve_definition(
+        {
+            "name": "study",
+            "dataset": {"train": "train.csv"},
+            "parameters": {
+                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
+            },
+            "sampler": {"type": "tpe", "n_startup_trials": 5, **sampler},
+        }
+    )
+    searcher = StudySearcher(
+        space=SPACE,
+        metric="objective",
+        mode="max",
+        sampler=optuna_sampler(definition),
+        study_name="study",
+        storage=optuna.storages.InMemoryStorage(),
+    )
+    for number in range(20):
+        config = searcher.suggest(f"done-{number}")
+        score = -((math.log10(config["learning_rate"]) + 4) ** 2)
+        searcher.on_trial_complete(f"done-{number}", epoch(3, score))
+    running = [math.log10(searcher.suggest(f"running-{n}")["learning_rate"]) for n in range(4)]
+    return min(abs(a - b) for a, b in itertools.combinations(running, 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tpe_spreads_trials_proposed_while_others_run(seed: int) -> None:
+    # By default a running trial counts as the worst score so far (TPE's constant liar), so
+    # trials proposed at once keep apart; without it they crowd onto TPE's favourite.
+    spread = closest_pair_of_proposals_while_others_run({"seed": seed})
+    crowded = closest_pair_of_proposals_while_others_run({"seed": seed, "constant_liar": False})
+    assert spread > 5 * crowded
