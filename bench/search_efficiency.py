@@ -496,6 +496,27 @@ def write_result(
     return result
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result holding the runs of ``results`` (commands run apart, e.g. one seed a
+    session), each command's machine, times and arguments kept under ``merged_from``; two runs
+    of one task, method and seed are refused."""
+    if len(results) == 1:
+        return results[0]
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for result in results:
+        for run in result["runs"]:
+            key = (run["task"], run["method"], run["seed"])
+            if key in runs:
+                raise SystemExit(f"--replot: task {key[0]}, method {key[1]}, seed {key[2]} twice")
+            runs[key] = run
+    sources = [{k: r[k] for k in ("machine", "started", "finished", "argv")} for r in results]
+    return {
+        "target_gap_points": results[0]["target_gap_points"],
+        "merged_from": sources,
+        "runs": list(runs.values()),
+    }
+
+
 def report(result: dict[str, Any], out: Path) -> int:
     """Print the table and targets of a result and plot its runs under ``out``. The summary is
     computed again from the runs, so runs of several commands can be merged into one JSON."""
@@ -532,11 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
-        "--replot", type=Path, help="only summarise, print and plot this JSON's runs (into --out)"
+        "--replot",
+        type=Path,
+        nargs="+",
+        help="only summarise, print and plot these JSON files' runs, merged (into --out)",
     )
     args = parser.parse_args(argv)
     if args.replot:
-        return report(json.loads(args.replot.read_text()), args.out)
+        return report(merge_results([json.loads(p.read_text()) for p in args.replot]), args.out)
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     bad = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in METHODS]
     if bad:

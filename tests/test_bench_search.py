@@ -7,6 +7,7 @@ test short).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -90,3 +91,40 @@ def test_a_configuration_run_again_in_a_study_counts_as_a_repeat() -> None:
     assert bench.repeats(run) == [again]
     tpe = bench.summarize([run])["SST-2"]["methods"]["tpe"]
     assert (tpe["repeated_trials"], tpe["repeated_epochs"]) == (1, 4)
+
+
+def test_runs_of_several_commands_merge_into_one_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One seed a session: --replot merges their JSON files, and refuses a run given twice."""
+    bench = load_bench()
+
+    def result(seed: int, score: float) -> dict:
+        trial = bench.Trial(
+            score=score, epochs=2, seconds=5.0, params={"num_train_epochs": 2}, stopped_early=False
+        )
+        run = bench.SearchRun("CoLA", "grid", seed, [trial], wall_s=5.0)
+        return {
+            "machine": {"cpus": 2},
+            "started": f"seed {seed}",
+            "finished": f"seed {seed}",
+            "argv": ["--seeds", str(seed)],
+            "target_gap_points": 0.5,
+            "runs": [dataclasses.asdict(run)],
+        }
+
+    files = []
+    for seed, score in ((0, 8.0), (1, 12.0)):
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(result(seed, score)))
+    out = tmp_path / "merged"
+    out.mkdir()
+    assert bench.main(["--replot", *map(str, files), "--out", str(out)]) == 0
+    merged = json.loads((out / "search_efficiency.json").read_text())
+    assert [r["seed"] for r in merged["runs"]] == [0, 1]
+    assert [m["argv"] for m in merged["merged_from"]] == [["--seeds", "0"], ["--seeds", "1"]]
+    grid = merged["summary"]["CoLA"]["methods"]["grid"]
+    assert merged["summary"]["CoLA"]["best"] == 12.0 and grid["reached"] == "1/2"
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="method grid, seed 0 twice"):
+        bench.main(["--replot", str(files[0]), str(files[0]), "--out", str(out)])
