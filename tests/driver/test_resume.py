@@ -132,6 +132,7 @@ def test_cut_off_fused_trials_rejoin_a_group_from_their_last_epochs(
     assert {t.state for t in cut} == {TrialState.RUNNING} and max(t.epochs for t in cut) == 2
 
     assert resume(store, "crashy-fused", sqlite_url, tmp_path / "work") == StudyStatus.COMPLETED
+    assert not list((tmp_path / "work").rglob("checkpoint_*"))  # removed once the study ended
 
     trials = store.trials("crashy-fused", with_curves=True)
     interrupted = {
