@@ -158,13 +158,16 @@ def _select_columns(spec: DatasetSpec, split: str, frame: pd.DataFrame) -> pd.Da
             )
     selected = frame[[column for _, column in wanted.values()]].copy()
     selected.columns = list(wanted)
+    for key, (field, column) in wanted.items():  # a missing cell, or one of blanks only
+        values = selected[key]
+        blank = values.isna() | (values.astype(str).str.strip() == "")
+        if blank.any():
+            rows = selected.index[blank]
+            what = "a label" if key == "label" else f"text in {column!r}"
+            raise DefinitionError(
+                field, f"{len(rows)} {split} row(s) lack {what} (first: data row {rows[0] + 1})"
+            )
     selected["label"] = selected["label"].astype(str).str.strip()
-    missing = selected.index[(selected["label"] == "") | selected.isna().any(axis=1)]
-    if len(missing):
-        raise DefinitionError(
-            "dataset.label_field",
-            f"{len(missing)} {split} row(s) lack a label or text (first: row {missing[0]})",
-        )
     for column in ("text", "text_pair"):
         if column in selected:
             selected[column] = selected[column].astype(str)

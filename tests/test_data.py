@@ -260,6 +260,23 @@ BAD_DATA = [
         ["train"],
         id="row-without-label",
     ),
+    pytest.param(  # "text 3" is the 4th data row
+        {"train.csv": TRAIN_CSV.replace("text 3,pos", "   ,pos")},
+        {"train": "train.csv"},
+        "dataset.text_fields.0",
+        ["1 train row(s) lack text in 'sentence'", "data row 4"],
+        id="row-with-blank-text",
+    ),
+    pytest.param(
+        {
+            "train.csv": "premise,hypothesis,label\n"
+            + "".join(f"p {i},{'' if i == 5 else f'h {i}'},{i % 2}\n" for i in range(20))
+        },
+        {"train": "train.csv", "text_fields": ["premise", "hypothesis"]},
+        "dataset.text_fields.1",
+        ["lack text in 'hypothesis'", "data row 6"],
+        id="pair-with-empty-second-text",
+    ),
     pytest.param(  # an STS-B-like similarity score: 20 "classes" of one example each
         {"train.csv": "sentence,label\n" + "".join(f"text {i},{i / 4:.2f}\n" for i in range(20))},
         {"train": "train.csv"},
