@@ -242,11 +242,11 @@ class Clock:
         # With no step timed alone (a step or two per epoch) the first stands for the rest.
         untimed_first = first_end - (self.load_end or self.start)
         mean = self.spans / self.timed if self.timed else untimed_first
-        return Timing(
-            setup_s=max(first_end - self.start - mean, 0.0),
-            train_s=self.spans + self.untimed * mean,
-            total_s=total,
-        )
+        setup = max(first_end - self.start - mean, 0.0)
+        # A first step faster than the mean (noise on a few tiny steps) would estimate more
+        # training time than the run took: no more than the run's time less its setup.
+        train = min(self.spans + self.untimed * mean, total - setup)
+        return Timing(setup_s=setup, train_s=train, total_s=total)
 
     def on_step(self, step: int, per_epoch: int) -> None:
         """Engine and Trainer: optimizer step ``step`` (from 1) ended."""
