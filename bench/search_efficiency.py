@@ -559,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only summarise, print and plot these JSON files' runs, merged (into --out)",
     )
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         return report(merge_results([json.loads(p.read_text()) for p in args.replot]), args.out)
     tasks, methods = args.tasks.split(","), args.methods.split(",")
@@ -589,7 +590,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     runs: list[SearchRun] = []
     began = datetime.now(UTC)
-    args.out.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="hpo-bench-search-") as work:
             args.work = Path(work)

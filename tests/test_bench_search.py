@@ -117,8 +117,7 @@ def test_runs_of_several_commands_merge_into_one_report(
     for seed, score in ((0, 8.0), (1, 12.0)):
         files.append(tmp_path / f"seed{seed}.json")
         files[-1].write_text(json.dumps(result(seed, score)))
-    out = tmp_path / "merged"
-    out.mkdir()
+    out = tmp_path / "merged"  # made by the command
     assert bench.main(["--replot", *map(str, files), "--out", str(out)]) == 0
     merged = json.loads((out / "search_efficiency.json").read_text())
     assert [r["seed"] for r in merged["runs"]] == [0, 1]
