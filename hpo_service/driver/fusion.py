@@ -24,18 +24,23 @@ MEMBER_CPUS = 0.01
 _DONE = object()
 
 
-@ray.remote
-class FusionWorker:
-    """One device's group of fused trials: trains while it has members, in its own thread."""
+class FusionGroup:
+    """One device's group of fused trials: trains while it has members, in its own thread.
+
+    Ray runs it as an actor (:data:`FusionWorker`). A member's reports wait in its queue until
+    its stand-in takes them, however long after the member finished training, and the queue
+    goes only when the stand-in leaves.
+    """
 
     def __init__(self, setup: TrialSetup) -> None:
         self._setup = setup
         self._trainer: Any = None  # a training.fused.FusedTrainer once a member joins
         self._capacity = 0
         self._key: tuple[Any, ...] | None = None
-        self._reports: dict[str, queue.Queue[Any]] = {}
+        self._training: set[str] = set()  # members the trainer has not finished
+        self._reports: dict[str, queue.Queue[Any]] = {}  # every member until it leaves
         self._lock = threading.Lock()
-        self._training = False
+        self._thread_running = False
 
     def configure(self, capacity: int) -> None:
         self._capacity = capacity
@@ -46,15 +51,16 @@ class FusionWorker:
 
         key = fusion_key(config)
         with self._lock:
-            if len(self._reports) >= self._capacity or (self._reports and key != self._key):
+            if len(self._training) >= self._capacity or (self._training and key != self._key):
                 return False
             if self._trainer is None:
                 self._trainer = FusedTrainer(self._setup)
             self._trainer.add(member, config)
             self._key = key
+            self._training.add(member)
             self._reports[member] = queue.Queue()
-            if not self._training:
-                self._training = True
+            if not self._thread_running:
+                self._thread_running = True
                 threading.Thread(target=self._train, daemon=True).start()
             return True
 
@@ -73,38 +79,36 @@ class FusionWorker:
     def leave(self, member: str) -> None:
         """Drop ``member`` (stopped early, cancelled, or done); idempotent."""
         with self._lock:
-            if self._trainer is not None and member in self._trainer.members:
+            if member in self._training:
                 self._trainer.remove(member)
+                self._training.discard(member)
             reports = self._reports.pop(member, None)
         if reports is not None:
-            reports.put(_DONE)
+            reports.put(_DONE)  # wakes a next_report still waiting
 
     def _train(self) -> None:
         while True:
             with self._lock:
-                trainer = self._trainer
-                if trainer is None or not trainer.members:
-                    self._reports_done()
-                    self._key, self._training = None, False
+                if not self._training:
+                    self._key, self._thread_running = None, False
                     return
                 try:
-                    finished = trainer.step()
+                    finished = self._trainer.step()
                 except Exception as error:  # every member's trial fails with the group's error
-                    for reports in self._reports.values():
-                        reports.put(error)
-                    self._reports.clear()
-                    self._trainer, self._key, self._training = None, None, False
+                    for member in self._training:
+                        self._reports[member].put(error)
+                    self._training.clear()
+                    self._trainer, self._key, self._thread_running = None, None, False
                     return
                 for member, report in finished:
-                    if member in self._reports:
+                    if member in self._training:
                         self._reports[member].put(report)
-                self._reports_done()
+                for member in self._training - set(self._trainer.members):
+                    self._training.discard(member)  # its last epoch reported
+                    self._reports[member].put(_DONE)
 
-    def _reports_done(self) -> None:
-        """Members the trainer finished (their last epoch reported) get the end marker."""
-        members = self._trainer.members if self._trainer is not None else []
-        for member in [m for m in self._reports if m not in members]:
-            self._reports.pop(member).put(_DONE)
+
+FusionWorker = ray.remote(FusionGroup)
 
 
 def fused_member_trial(config: dict[str, Any], workers: list[Any]) -> None:

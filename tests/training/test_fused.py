@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
+from hpo_service.driver.fusion import FusionGroup
 from hpo_service.training import engine
 from hpo_service.training.fused import FusedTrainer, fusion_key, stacks_on
 from hpo_service.training.modeling import tokenize
@@ -224,6 +226,27 @@ def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup, stacked: bool) 
     with pytest.raises(ValueError, match=r"'b'.*\(32, 1\).*\(16, 1\)"):
         trainer.add("b", {**CONFIGS["b"], "batch_size": 32})
     assert trainer.members == ["a"]
+
+
+def test_a_group_keeps_a_finished_members_reports_until_its_trial_takes_them(
+    setup: TrialSetup, alone: Any
+) -> None:
+    """A trial that asks for its reports late (it was still reporting an earlier epoch when the
+    group finished it) gets every epoch, then the end: it never ends short of its epochs."""
+    group = FusionGroup(setup)
+    group.configure(1)
+    assert group.join("a", CONFIGS["a"])
+    # Other shapes join only a group whose members all finished: "a" has, once this is taken.
+    deadline = time.monotonic() + 120
+    while not group.join("other", {**CONFIGS["a"], "batch_size": 8}):
+        assert time.monotonic() < deadline, "the group never finished its member"
+        time.sleep(0.05)
+    group.leave("other")
+
+    reports = list(iter(lambda: group.next_report("a"), None))
+    assert_same_run(reports, alone(CONFIGS["a"]), exact=True)
+    group.leave("a")
+    assert group.next_report("a") is None
 
 
 def test_groups_stack_on_accelerators_and_interleave_on_the_cpu(setup: TrialSetup) -> None:
