@@ -33,9 +33,10 @@ hf-optuna's ``Trainer`` on the GPU in bf16 likewise, so both train at the same p
 Data: ``--train-samples`` training examples (a seeded sample, ``DatasetSpec.max_train_samples``)
 and the dev set (capped by ``--eval-samples``), the shipped all-MiniLM-L6-v2. Per trial it
 records the dev score (the last evaluated epoch's objective; an ASHA-stopped or pruned trial's
-at the epoch it stopped), the epochs it trained and its wall time (the service: the store's
-``started_at``/``finished_at``; hyperparameter_search: from ``model_init`` to the end of
-training). Trials are ordered by when they finished; compute is cumulated in that order.
+at the epoch it stopped), the epochs it trained, its dev score after each (``curve``) and its
+wall time (the service: the store's ``started_at``/``finished_at``; hyperparameter_search: from
+``model_init`` to the end of training). Trials are ordered by when they finished; compute is
+cumulated in that order.
 
 Prints a table; writes ``search_efficiency.json`` and (with matplotlib) one PNG of best-so-far
 dev score against cumulative epochs and one against cumulative trial wall time per task (mean
@@ -52,7 +53,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,16 @@ TRAINER_FIELD = {
 
 @dataclass(frozen=True)
 class Trial:
-    """One finished trial: its dev score in points, epochs trained and wall seconds."""
+    """One finished trial: its dev score in points, epochs trained and wall seconds; ``curve``
+    holds its dev score after each epoch it trained (empty in results written before curves
+    were kept), so an early-stopping rule's decisions can be checked from the results."""
 
     score: float
     epochs: int
     seconds: float
     params: dict[str, Any]
     stopped_early: bool
+    curve: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -186,7 +190,7 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
     start = time.perf_counter()
     run_study(document, resolve_definition(document), settings)
     wall = time.perf_counter() - start
-    records = Store.open(settings.database_url).trials(document["name"])
+    records = Store.open(settings.database_url).trials(document["name"], with_curves=True)
     finished = [r for r in records if r.state.is_finished and r.finished_at is not None]
     finished.sort(key=lambda r: r.finished_at)
     trials = [
@@ -196,6 +200,7 @@ def run_service(args: argparse.Namespace, task: str, method: str, seed: int) -> 
             seconds=float(r.duration_s or 0.0) * share,
             params=final_params(r),
             stopped_early=r.state == TrialState.EARLY_STOPPED,
+            curve=[100 * float(e.objective) for e in r.learning_curve],
         )
         for r in finished
     ]
@@ -234,13 +239,14 @@ def run_hf_optuna(args: argparse.Namespace, task: str, seed: int, setup: Any) ->
 
     def model_init(trial: optuna.Trial | None) -> Any:  # before the trial's suggestions
         current.clear()
-        current.update(start=time.perf_counter(), score=math.nan, epochs=0)
+        current.update(start=time.perf_counter(), score=math.nan, epochs=0, curve=[])
         return load_model(definition.model, setup.data.label_names, fixed.get("dropout"))
 
     class Record(TrainerCallback):
         def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             current["score"] = 100 * float(kwargs["metrics"][metric])
             current["epochs"] = round(state.epoch or 0)
+            current["curve"].append(current["score"])
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             trials.append(
@@ -251,6 +257,7 @@ def run_hf_optuna(args: argparse.Namespace, task: str, seed: int, setup: Any) ->
                     params=dict(state.trial_params or {}),
                     # hyperparameter_search calls on_train_end before raising TrialPruned
                     stopped_early=current["epochs"] < args.num_train_epochs,
+                    curve=current["curve"],
                 )
             )
 

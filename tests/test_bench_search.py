@@ -59,6 +59,9 @@ def test_every_method_gets_the_same_budget_and_is_read_back(
             assert 1 <= trial["epochs"] <= planned, (run["method"], trial)
             assert trial["epochs"] == planned or trial["stopped_early"], (run["method"], trial)
             assert trial["seconds"] > 0 and 0 <= trial["score"] <= 100
+            # Its score after each epoch it trained, ending with the one it is ranked by.
+            assert len(trial["curve"]) == trial["epochs"], (run["method"], trial)
+            assert trial["curve"][-1] == pytest.approx(trial["score"]), (run["method"], trial)
     grid = next(r for r in runs if r["method"] == "grid")["trials"]
     assert grid[0]["params"] != grid[1]["params"]  # a subset of the grid, no point twice
     for method in ("grid", "tpe-asha"):  # the service trains no configuration twice
