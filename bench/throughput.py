@@ -461,7 +461,7 @@ def fused_run(
             ends_epoch = step % per_epoch == 0
             if ends_epoch and step > 1:
                 clock.close()
-            for name, report in fused.step():
+            for name, report, _ in fused.step():
                 accuracies[name] = float(report["accuracy"])
             if step == 1:
                 clock.first()

@@ -755,7 +755,8 @@ class StudyDefinition(_Spec):
             (not self.execution.checkpoints, "`execution.checkpoints: true`"),
             (
                 self.execution.fuse_trials not in ("auto", 1),
-                "`execution.fuse_trials` 1 or auto (fused trials have no checkpoints of their own)",
+                "`execution.fuse_trials` 1 or auto (PBT restarts each member from another's state "
+                "as a trial of its own)",
             ),
             (
                 self.confirm is not None,

@@ -9,7 +9,8 @@ Pure: the driver measures the GPU and estimates a trial's memory, this module de
   ``fuse_trials`` is ``auto``; a number is taken as given.
 - Trials that do not fuse (a group of 1) and ask for one whole GPU share it: as many as fit
   (at most 8) when ``execution.trials_per_gpu`` is ``auto``, else that many.
-- Population-based training never fuses (each trial needs checkpoints of its own).
+- Population-based training never fuses (PBT restarts each member from another's state as a
+  trial of its own).
 - Concurrent trials are at least ``limits.concurrent_trials`` and enough to fill every GPU.
 """
 

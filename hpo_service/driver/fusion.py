@@ -4,6 +4,10 @@ Each trial stays a Ray Tune trial of its own (so the searcher, ASHA, the recorde
 Optuna's see it as one), but its trainable is a stand-in: it joins a ``FusionWorker`` actor that
 holds the device, and reports the epochs the worker trains for it. ASHA stopping a trial ends its
 stand-in, which leaves the group; the freed slot takes the next trial.
+
+With checkpoints on, each epoch's report reaches Ray with the member's state as the trial's
+checkpoint, as an unfused trial's does: a trial cut off by a crash rejoins a group from its last
+finished epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from hpo_service.training.trainable import TrialSetup
+from hpo_service.training.engine import REPLAYED_KEY
+from hpo_service.training.trainable import RayCheckpoints, TrialSetup
 
 JOIN_POLL_S = 0.2
 # A stand-in trial only waits on its worker; the worker holds the group's CPUs and GPUs.
@@ -45,8 +50,11 @@ class FusionGroup:
     def configure(self, capacity: int) -> None:
         self._capacity = capacity
 
-    def join(self, member: str, config: dict[str, Any]) -> bool:
-        """Take ``member`` if a slot is free and its shapes match the group's; else False."""
+    def join(
+        self, member: str, config: dict[str, Any], state: dict[str, Any] | None = None
+    ) -> bool:
+        """Take ``member`` (going on from ``state``, a ``MemberState``, if given) if a slot is
+        free and its shapes match the group's; else False."""
         from hpo_service.training.fused import FusedTrainer, fusion_key
 
         key = fusion_key(config)
@@ -55,7 +63,7 @@ class FusionGroup:
                 return False
             if self._trainer is None:
                 self._trainer = FusedTrainer(self._setup)
-            self._trainer.add(member, config)
+            self._trainer.add(member, config, state)
             self._key = key
             self._training.add(member)
             self._reports[member] = queue.Queue()
@@ -64,8 +72,9 @@ class FusionGroup:
                 threading.Thread(target=self._train, daemon=True).start()
             return True
 
-    def next_report(self, member: str) -> dict[str, Any] | None:
-        """The member's next epoch report; ``None`` once it has run all its epochs."""
+    def next_report(self, member: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """The member's next epoch report and its state (``None`` without checkpoints);
+        ``None`` once it has run all its epochs."""
         reports = self._reports.get(member)
         if reports is None:
             return None
@@ -100,9 +109,9 @@ class FusionGroup:
                     self._training.clear()
                     self._trainer, self._key, self._thread_running = None, None, False
                     return
-                for member, report in finished:
+                for member, report, state in finished:
                     if member in self._training:
-                        self._reports[member].put(report)
+                        self._reports[member].put((report, state))
                 for member in self._training - set(self._trainer.members):
                     self._training.discard(member)  # its last epoch reported
                     self._reports[member].put(_DONE)
@@ -111,21 +120,39 @@ class FusionGroup:
 FusionWorker = ray.remote(FusionGroup)
 
 
-def fused_member_trial(config: dict[str, Any], workers: list[Any]) -> None:
-    """Ray Tune function trainable: join a fusion worker and report the epochs it trains."""
+def fused_member_trial(
+    config: dict[str, Any], workers: list[Any], checkpoints: bool = True
+) -> None:
+    """Ray Tune function trainable: join a fusion worker and report the epochs it trains, each
+    with the member's state as its checkpoint (``checkpoints``); a trial run again after a
+    crash (``config["resume"]``) goes on from its checkpoint."""
     member = tune.get_context().get_trial_id()
-    worker = _join(workers, member, config)
+    saved = RayCheckpoints((config.get("resume") or {}).get("checkpoint")) if checkpoints else None
+    state = saved.restore() if saved is not None else None
+    if state is not None:  # its epoch's report again: the crash may have lost it
+        tune.report({**state["report"], REPLAYED_KEY: True})
+        if state["epoch"] >= state["report"]["epochs_planned"]:
+            return
+    worker = _join(workers, member, config, state)
     try:
-        while (report := ray.get(worker.next_report.remote(member))) is not None:
-            tune.report(report)
+        while (ended := ray.get(worker.next_report.remote(member))) is not None:
+            report, state = ended
+            if saved is None or state is None:
+                tune.report(report)
+                continue
+            saved.save(state)
+            saved.report(report)
     finally:
         ray.get(worker.leave.remote(member))
 
 
-def _join(workers: list[Any], member: str, config: dict[str, Any]) -> Any:
+def _join(
+    workers: list[Any], member: str, config: dict[str, Any], state: dict[str, Any] | None
+) -> Any:
+    state_ref = ray.put(state)  # once, however many times it knocks
     while True:
         for worker in workers:
-            if ray.get(worker.join.remote(member, config)):
+            if ray.get(worker.join.remote(member, config, state_ref)):
                 return worker
         time.sleep(JOIN_POLL_S)
 

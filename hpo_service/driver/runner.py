@@ -373,7 +373,10 @@ def _fit(
             gpus=packing.gpus_per_worker,
         )
         trainable = tune.with_resources(
-            tune.with_parameters(fused_member_trial, workers=workers), {"cpu": MEMBER_CPUS}
+            tune.with_parameters(
+                fused_member_trial, workers=workers, checkpoints=setup.checkpoints
+            ),
+            {"cpu": MEMBER_CPUS},
         )
     else:
         trainable = tune.with_resources(

@@ -12,6 +12,12 @@ its own random stream: bit for bit its run alone). Stacking pays where one small
 device idle between kernels (GPUs); on the CPU a model's step already keeps the cores busy, and
 stacked members only crowd its caches (measured 0.7x the members' speed one at a time, 2 cores),
 so a group runs interleaved there: :func:`stacks_on`.
+
+With checkpoints on (``TrialSetup.checkpoints``), each member's epoch report comes with its
+state (:data:`MemberState`): weights, AdamW moments, step and, interleaved, its random stream.
+A member added with such a state goes on from that epoch, in either mode: interleaved, exactly
+as it would have without the break; stacked, with other dropout masks (the group shares one
+random stream), so as closely as a stacked member matches its run alone.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from transformers import set_seed
@@ -30,6 +36,7 @@ from transformers import set_seed
 from hpo_service.training.batches import Batch, TensorSplit, steps_per_epoch, train_batches
 from hpo_service.training.engine import (
     TrialHyper,
+    apply_rates,
     device_and_autocast,
     epoch_report,
     evaluate,
@@ -41,7 +48,13 @@ from hpo_service.training.engine import (
     weighted_loss,
 )
 from hpo_service.training.modeling import load_model
-from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member, make_stackable
+from hpo_service.training.stacked import (
+    Stack,
+    StackedAdamW,
+    clip_per_member,
+    cpu_copy,
+    make_stackable,
+)
 
 if TYPE_CHECKING:
     from hpo_service.training.trainable import TrialSetup
@@ -56,6 +69,21 @@ def fusion_key(config: dict[str, Any]) -> tuple[Any, ...]:
     """Members with equal keys may train in one group: (batch_size, gradient_accumulation_steps)."""
     hyper = TrialHyper.from_config(config)
     return (int(hyper.batch_size), int(hyper.gradient_accumulation_steps))
+
+
+# A member's state at the end of an epoch: "model" (its model's state_dict), "exp_avg" and
+# "exp_avg_sq" (AdamW's moments by parameter name, in the model's layout), "step" (optimizer
+# steps done), "epoch", "report" (that epoch's) and "rng" (an interleaved member's random
+# state; empty for a stacked one). Tensors on the CPU.
+MemberState = dict[str, Any]
+
+
+class EpochEnd(NamedTuple):
+    """A member's finished epoch: its report, and its state when the group saves them."""
+
+    member: str
+    report: dict[str, Any]
+    state: MemberState | None
 
 
 @dataclass
@@ -96,10 +124,41 @@ class _Alone:
     rng: list[torch.Tensor]  # the CPU's random state, and the CUDA device's on CUDA
 
     @classmethod
-    def start(cls, model: torch.nn.Module, hyper: TrialHyper, schedule: Any) -> _Alone:
+    def start(
+        cls,
+        model: torch.nn.Module,
+        hyper: TrialHyper,
+        schedule: Any,
+        state: MemberState | None = None,
+    ) -> _Alone:
+        """Fresh, or going on from ``state`` (its random stream too, where it saved one for
+        this kind of device)."""
         optimizer = make_optimizer(model, hyper)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return cls(model.train(), optimizer, scheduler, _rng_state(model))
+        rng = _rng_state(model)
+        if state is not None:
+            for name, param in model.named_parameters():
+                if param.requires_grad:  # copies in the parameter's layout: AdamW updates them
+                    optimizer.state[param] = {
+                        "step": torch.full((), float(state["step"]), device=param.device),
+                        "exp_avg": torch.empty_like(param).copy_(state["exp_avg"][name]),
+                        "exp_avg_sq": torch.empty_like(param).copy_(state["exp_avg_sq"][name]),
+                    }
+            scheduler.last_epoch = int(state["step"])
+            apply_rates(optimizer, scheduler, hyper)
+            if len(state["rng"]) == len(rng):
+                rng = list(state["rng"])
+        return cls(model.train(), optimizer, scheduler, rng)
+
+    def state(self) -> MemberState:
+        """Its weights, moments and random state (copies, on the CPU)."""
+        moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                for key, values in moments.items():
+                    values[name] = cpu_copy(self.optimizer.state[param][key])
+        model = {k: cpu_copy(v) for k, v in self.model.state_dict().items()}
+        return {"model": model, **moments, "rng": [t.clone() for t in self.rng]}
 
     def step(self, group: list[Batch], hyper: TrialHyper, autocast: Any) -> torch.Tensor:
         """One optimizer step over ``group`` with this member's random stream; its loss."""
@@ -150,8 +209,9 @@ class FusedTrainer:
     def members(self) -> list[str]:
         return [m.name for m in self._members]
 
-    def add(self, member: str, config: dict[str, Any]) -> None:
-        """Start training ``member`` (at its own step 0), even while others are mid-training."""
+    def add(self, member: str, config: dict[str, Any], state: MemberState | None = None) -> None:
+        """Start training ``member`` (at its own step 0, or where ``state`` ended), even while
+        others are mid-training."""
         key = fusion_key(config)
         if self.key is not None and key != self.key:
             raise ValueError(
@@ -163,6 +223,8 @@ class FusedTrainer:
         hyper = TrialHyper.from_config(config)
         set_seed(int(hyper.seed))  # before the head is initialised, as when trained alone
         model = load_model(self.setup.model, self.setup.data.label_names, hyper.dropout)
+        if state is not None:
+            model.load_state_dict(state["model"])
         per_epoch = steps_per_epoch(len(self.train_split), key[0], key[1])
         schedule = lr_multiplier(hyper, per_epoch * int(hyper.num_train_epochs))
         alone = None
@@ -173,10 +235,26 @@ class FusedTrainer:
                 self.stack = Stack([model])
             else:
                 self.stack.extend(model)
-            self.optimizer.add_member(self.stack.params, hyper.weight_decay, hyper.adam_epsilon)
+            moments = None
+            if state is not None:
+                moments = {
+                    key: {n: self.stack.stored(n, t) for n, t in state[key].items()}
+                    for key in ("exp_avg", "exp_avg_sq")
+                }
+            self.optimizer.add_member(
+                self.stack.params,
+                hyper.weight_decay,
+                hyper.adam_epsilon,
+                moments,
+                int(state["step"]) if state is not None else 0,
+            )
         else:
-            alone = _Alone.start(model.to(self.device), hyper, schedule)
-        self._members.append(_Member(member, hyper, per_epoch, schedule, alone=alone))
+            alone = _Alone.start(model.to(self.device), hyper, schedule, state)
+        joined = _Member(member, hyper, per_epoch, schedule, alone=alone)
+        if state is not None:
+            joined.step = int(state["step"])
+            joined.joined -= state["report"].get("train_seconds") or 0.0  # the time before it
+        self._members.append(joined)
         self.key = key
 
     def remove(self, member: str) -> None:
@@ -195,9 +273,9 @@ class FusedTrainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def step(self) -> list[tuple[str, dict[str, Any]]]:
-        """One optimizer step for every member; the epoch reports of members that finished an
-        epoch (members that finished their last epoch leave the group)."""
+    def step(self) -> list[EpochEnd]:
+        """One optimizer step for every member; the epochs members finished (members that
+        finished their last epoch leave the group)."""
         members = list(self._members)
         if not members:
             return []
@@ -243,8 +321,9 @@ class FusedTrainer:
             param.grad = None
         return losses
 
-    def _end_epochs(self, members: list[_Member]) -> list[tuple[str, dict[str, Any]]]:
-        """Evaluate and report the members whose epoch ended; remove those that are done."""
+    def _end_epochs(self, members: list[_Member]) -> list[EpochEnd]:
+        """Evaluate and report (and save) the members whose epoch ended; remove those that
+        are done."""
         reports = []
         for member in members:
             epoch, index = divmod(member.step, member.steps_per_epoch)
@@ -266,10 +345,23 @@ class FusedTrainer:
             report = epoch_report(
                 self.setup.metric, scores, epoch, member.epochs, train_loss, seconds
             )
-            reports.append((member.name, report))
+            state = self._state(member, epoch, report) if self.setup.checkpoints else None
+            reports.append(EpochEnd(member.name, report, state))
             if epoch >= member.epochs:
                 self.remove(member.name)
         return reports
+
+    def _state(self, member: _Member, epoch: int, report: dict[str, Any]) -> MemberState:
+        progress = {"step": member.step, "epoch": epoch, "report": report}
+        if member.alone is not None:
+            return {**member.alone.state(), **progress}
+        assert self.stack is not None
+        index = self._members.index(member)
+        moments = {
+            key: {n: self.stack.stored(n, t).contiguous() for n, t in values.items()}
+            for key, values in self.optimizer.moments(index).items()
+        }
+        return {"model": self.stack.member_state(index), **moments, "rng": [], **progress}
 
     def _eval_logits(self, member: _Member) -> Callable[[Batch], torch.Tensor]:
         """``batch -> logits`` of ``member`` in evaluation mode."""

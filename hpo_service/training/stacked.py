@@ -36,7 +36,8 @@ class MemberDropout(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        self.register_buffer("p", torch.tensor(float(p)))
+        # Not in the state dict: a member's saved state is its model's, which has no such buffer.
+        self.register_buffer("p", torch.tensor(float(p)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return member_dropout(x, self.p, self.training)
@@ -110,6 +111,19 @@ class Stack:
         stacked = stacked.detach()
         return stacked.mT.contiguous() if name in self.transposed else stacked
 
+    def stored(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """One member's tensor of parameter ``name`` in ``params``' layout from the model's, or
+        back (a transpose is its own inverse)."""
+        return tensor.mT if name in self.transposed else tensor
+
+    def member_state(self, index: int) -> dict[str, torch.Tensor]:
+        """Member ``index``'s ``state_dict`` as the unstacked model's (copies, on the CPU)."""
+        params = self.model_params()
+        return {
+            name: cpu_copy((params[name] if name in params else self.buffers[name])[index])
+            for name in self.base.state_dict()
+        }
+
     def model_params(self) -> dict[str, torch.Tensor]:
         """``params`` in the model's layout (views)."""
         return {k: v.mT if k in self.transposed else v for k, v in self.params.items()}
@@ -146,6 +160,12 @@ class Stack:
         self.buffers = {k: torch.cat([v, buffers[k].to(v.device)]) for k, v in self.buffers.items()}
 
 
+def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy on the CPU (of a view too: a saved state shares no memory with
+    tensors that training goes on updating)."""
+    return tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+
+
 def _take(tensor: torch.Tensor, indices: list[int]) -> torch.Tensor:
     index = torch.tensor(indices, device=tensor.device, dtype=torch.long)
     return tensor.detach().index_select(0, index)  # a copy: the old stack can be freed
@@ -180,17 +200,38 @@ class StackedAdamW:
         self.eps: list[float] = []
         self.steps: list[dict[str, torch.Tensor]] = []  # per member and parameter, as torch's
 
-    def add_member(self, params: dict[str, torch.Tensor], weight_decay: float, eps: float) -> None:
-        """Fresh state for a member appended last to ``params`` (already stacked)."""
-        for state in (self.exp_avg, self.exp_avg_sq):
+    def add_member(
+        self,
+        params: dict[str, torch.Tensor],
+        weight_decay: float,
+        eps: float,
+        moments: dict[str, dict[str, torch.Tensor]] | None = None,
+        steps: int = 0,
+    ) -> None:
+        """State for a member appended last to ``params`` (already stacked): fresh, or
+        ``moments`` (``{"exp_avg": {name: tensor}, "exp_avg_sq": ...}`` in ``params``' layout)
+        after ``steps`` updates."""
+        for key, state in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
             for name, param in params.items():
-                zero = torch.zeros_like(param[-1:])
-                state[name] = torch.cat([state[name], zero]) if name in state else zero
+                first = torch.zeros_like(param[-1:])
+                if moments is not None:  # a copy in the parameter's layout: adamw updates it
+                    first.copy_(moments[key][name][None])
+                state[name] = torch.cat([state[name], first]) if name in state else first
         self.weight_decay.append(weight_decay)
         self.eps.append(eps)
         self.steps.append(
-            {name: torch.zeros((), device=param.device) for name, param in params.items()}
+            {
+                name: torch.full((), float(steps), device=param.device)
+                for name, param in params.items()
+            }
         )
+
+    def moments(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Member ``index``'s first and second moments (copies, on the CPU)."""
+        return {
+            "exp_avg": {n: cpu_copy(v[index]) for n, v in self.exp_avg.items()},
+            "exp_avg_sq": {n: cpu_copy(v[index]) for n, v in self.exp_avg_sq.items()},
+        }
 
     def keep(self, indices: list[int]) -> None:
         """Keep only the members at ``indices``."""

@@ -15,7 +15,8 @@ import pytest
 from helpers import optuna_trials, run, tiny_study
 from optuna.trial import TrialState as OptunaState
 
-from hpo_service.core.records import StudyStatus, TrialState
+from hpo_service.core.presets import merge
+from hpo_service.core.records import EpochRecord, StudyStatus, TrialState
 from hpo_service.core.settings import Settings
 from hpo_service.db.reconcile import INTERRUPTED_ATTR
 from hpo_service.db.store import Store
@@ -55,7 +56,8 @@ def study(name: str, model: Path, files: tuple[Path, Path]) -> dict:
     )
 
 
-def crash_midway(document: dict, database_url: str, work_dir: Path) -> None:
+def crash_midway(document: dict, database_url: str, work_dir: Path) -> Store:
+    """Run ``document`` until the driver dies after a trial's epoch 2; the store it left."""
     driver = subprocess.Popen(
         [sys.executable, "-c", CRASHING_DRIVER, json.dumps(document), database_url, work_dir],
         start_new_session=True,
@@ -65,6 +67,12 @@ def crash_midway(document: dict, database_url: str, work_dir: Path) -> None:
     finally:  # what the crash left of its local Ray goes too
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+    return Store.open(Settings(database_url=database_url).database_url)
+
+
+def resume(store: Store, name: str, database_url: str, work_dir: Path) -> StudyStatus:
+    store.set_status(name, StudyStatus.QUEUED)  # what the service does after a crash
+    return resume_study(name, Settings(database_url=database_url, work_dir=work_dir)).status
 
 
 def test_a_cut_off_trial_resumes_from_its_last_epoch_and_ends_as_without_the_crash(
@@ -74,15 +82,11 @@ def test_a_cut_off_trial_resumes_from_its_last_epoch_and_ends_as_without_the_cra
     tmp_path: Path,
 ) -> None:
     document = study("crashy", tiny_models["bert"], sentiment_files)
-    crash_midway(document, sqlite_url, tmp_path / "work")
-    store = Store.open(Settings(database_url=sqlite_url).database_url)
+    store = crash_midway(document, sqlite_url, tmp_path / "work")
     [cut] = store.trials("crashy", with_curves=True)
     assert cut.state == TrialState.RUNNING and cut.epochs == 2
 
-    store.set_status("crashy", StudyStatus.QUEUED)  # what the service does after a crash
-    record = resume_study("crashy", Settings(database_url=sqlite_url, work_dir=tmp_path / "work"))
-
-    assert record.status == StudyStatus.COMPLETED
+    assert resume(store, "crashy", sqlite_url, tmp_path / "work") == StudyStatus.COMPLETED
     interrupted, rerun = store.trials("crashy", with_curves=True)
     assert interrupted.state == TrialState.INTERRUPTED
     assert rerun.state == TrialState.COMPLETE and rerun.params == interrupted.params
@@ -101,3 +105,61 @@ def test_a_cut_off_trial_resumes_from_its_last_epoch_and_ends_as_without_the_cra
     assert calm.learning_curve[2].eval_loss == pytest.approx(
         rerun.learning_curve[2].eval_loss, rel=1e-5
     )
+
+
+def fused_study(name: str, model: Path, files: tuple[Path, Path]) -> dict:
+    """``study``'s trial and a second learning rate, trained as one fused group of two."""
+    return merge(
+        study(name, model, files),
+        {
+            "parameters": {"learning_rate": {"type": "categorical", "choices": [3e-3, 1e-3]}},
+            "sampler": {"type": "grid"},
+            "limits": {"trials": 2, "concurrent_trials": 2},
+            "execution": {"fuse_trials": 2},
+        },
+    )
+
+
+def scores(curve: list[EpochRecord]) -> list[tuple[int, float, float, float | None]]:
+    return [(e.epoch, e.objective, e.eval_loss, e.train_loss) for e in curve]
+
+
+def test_cut_off_fused_trials_rejoin_a_group_from_their_last_epochs(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    document = fused_study("crashy-fused", tiny_models["bert"], sentiment_files)
+    store = crash_midway(document, sqlite_url, tmp_path / "work")
+    cut = store.trials("crashy-fused", with_curves=True)
+    assert {t.state for t in cut} == {TrialState.RUNNING} and max(t.epochs for t in cut) == 2
+
+    assert resume(store, "crashy-fused", sqlite_url, tmp_path / "work") == StudyStatus.COMPLETED
+    assert not list((tmp_path / "work").rglob("checkpoint_*"))  # removed once the study ended
+
+    trials = store.trials("crashy-fused", with_curves=True)
+    interrupted = {
+        t.params["learning_rate"]: t for t in trials if t.state == TrialState.INTERRUPTED
+    }
+    reruns = {t.params["learning_rate"]: t for t in trials if t.state == TrialState.COMPLETE}
+    assert sorted(interrupted) == sorted(reruns) == [1e-3, 3e-3]
+    for rate, rerun in reruns.items():
+        assert [e.epoch for e in rerun.learning_curve] == [1, 2, 3]
+        kept = interrupted[rate].learning_curve
+        # Its first epoch is the cut-off trial's, wall time too: restored, not trained again.
+        # A later one the crash caught before its checkpoint was recorded trains again, to the
+        # same scores (a CPU group interleaves: bit for bit).
+        assert kept and rerun.learning_curve[0] == kept[0]
+        assert scores(rerun.learning_curve[: len(kept)]) == scores(kept)
+
+    # The same study without a crash: each member went on exactly (CPU groups interleave).
+    status, calm = run(
+        fused_study("calm-fused", tiny_models["bert"], sentiment_files), sqlite_url, tmp_path
+    )
+    assert status == StudyStatus.COMPLETED
+    for trial in calm.trials("calm-fused", with_curves=True):
+        rerun = reruns[trial.params["learning_rate"]]
+        assert trial.learning_curve[2].eval_loss == pytest.approx(
+            rerun.learning_curve[2].eval_loss, rel=1e-5
+        )

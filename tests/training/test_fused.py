@@ -12,6 +12,7 @@ stream), dropout included.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -29,7 +30,7 @@ from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
 from hpo_service.driver.fusion import FusionGroup
 from hpo_service.training import engine
-from hpo_service.training.fused import FusedTrainer, fusion_key, stacks_on
+from hpo_service.training.fused import FusedTrainer, MemberState, fusion_key, stacks_on
 from hpo_service.training.modeling import tokenize
 from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member
 from hpo_service.training.trainable import TrialSetup
@@ -102,9 +103,10 @@ def run_group(
     trainer: FusedTrainer,
     start: dict[str, dict[str, Any]],
     join: dict[int, dict[str, dict[str, Any]]] | None = None,
+    states: dict[str, list[MemberState | None]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Step ``trainer`` until it is empty: ``start`` members first, ``join[n]`` added before
-    step ``n`` (from 0). Returns each member's reports."""
+    step ``n`` (from 0). Returns each member's reports; its saved states go to ``states``."""
     reports: dict[str, list[dict[str, Any]]] = {}
     for name, config in start.items():
         trainer.add(name, config)
@@ -112,8 +114,10 @@ def run_group(
     while trainer.members or (join and max(join) >= step):
         for name, config in (join or {}).get(step, {}).items():
             trainer.add(name, config)
-        for name, report in trainer.step():
+        for name, report, state in trainer.step():
             reports.setdefault(name, []).append(report)
+            if states is not None:
+                states.setdefault(name, []).append(state)
         step += 1
     return reports
 
@@ -185,7 +189,7 @@ def test_removed_member_leaves_the_others_unchanged_and_frees_its_tensors(
         assert weights() is None and moments() is None
     reports: dict[str, list[dict[str, Any]]] = {}
     while trainer.members:
-        for name, report in trainer.step():
+        for name, report, _ in trainer.step():
             reports.setdefault(name, []).append(report)
     assert_same_run(reports["a"], alone(CONFIGS["a"]), exact=not stacked)
     assert_same_run(reports["c"], alone(CONFIGS["c"]), exact=not stacked)
@@ -212,10 +216,54 @@ def test_member_with_fewer_epochs_leaves_after_its_last_report(
     trainer.add("short", {**CONFIGS["a"], "num_train_epochs": 1})
     trainer.add("long", CONFIGS["a"])
     while "short" in trainer.members:
-        reports = dict(trainer.step())
+        reports = {end.member: end.report for end in trainer.step()}
     assert reports["short"]["epoch"] == reports["short"]["epochs_planned"] == 1
     assert reports["long"]["epoch"] == 1
     assert trainer.members == ["long"]
+
+
+@pytest.mark.parametrize("goes_on_stacked", [True, False], ids=["on-stacked", "on-interleaved"])
+def test_a_member_goes_on_from_its_saved_epoch_as_without_the_break(
+    setup: TrialSetup, alone: Any, stacked: bool, goes_on_stacked: bool
+) -> None:
+    """A crash cut "c" off after its first epoch: it rejoins a group, in either mode, from the
+    state saved with that epoch's report, beside a member starting afresh."""
+    states: dict[str, list[MemberState | None]] = {}
+    before = run_group(FusedTrainer(setup, CPU, stacked), CONFIGS, states=states)
+    saved = states["c"][0]
+    assert saved is not None and saved["epoch"] == 1 and saved["report"] == before["c"][0]
+
+    trainer = FusedTrainer(setup, CPU, goes_on_stacked)
+    trainer.add("fresh", CONFIGS["a"])
+    trainer.add("c", CONFIGS["c"], saved)
+    after = run_group(trainer, {})
+
+    assert [r["epoch"] for r in after["c"]] == [2, 3]  # epoch 1 is not trained again
+    exact = not stacked and not goes_on_stacked
+    assert_same_run(after["c"], alone(CONFIGS["c"])[1:], exact=exact)
+    assert_same_run(after["fresh"], alone(CONFIGS["a"]), exact=not goes_on_stacked)
+    # Its training time goes on from the first epoch's, not from zero.
+    assert after["c"][0]["train_seconds"] > before["c"][0]["train_seconds"]
+
+
+def test_an_interleaved_member_goes_on_with_its_own_random_stream(
+    setup: TrialSetup, alone: Any
+) -> None:
+    noisy = {**CONFIGS["c"], "dropout": 0.3}
+    states: dict[str, list[MemberState | None]] = {}
+    run_group(FusedTrainer(setup, CPU, stacked=False), {"noisy": noisy}, states=states)
+    trainer = FusedTrainer(setup, CPU, stacked=False)
+    trainer.add("noisy", noisy, states["noisy"][1])
+    after = run_group(trainer, {})
+    # Dropout masks too: bit for bit the epoch it would have trained without the break.
+    assert_same_run(after["noisy"], alone(noisy)[2:], exact=True)
+
+
+def test_a_group_without_checkpoints_saves_no_state(setup: TrialSetup, stacked: bool) -> None:
+    states: dict[str, list[MemberState | None]] = {}
+    quiet = dataclasses.replace(setup, checkpoints=False)
+    run_group(FusedTrainer(quiet, CPU, stacked), {"a": CONFIGS["a"]}, states=states)
+    assert states == {"a": [None, None]}
 
 
 def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup, stacked: bool) -> None:
@@ -243,8 +291,8 @@ def test_a_group_keeps_a_finished_members_reports_until_its_trial_takes_them(
         time.sleep(0.05)
     group.leave("other")
 
-    reports = list(iter(lambda: group.next_report("a"), None))
-    assert_same_run(reports, alone(CONFIGS["a"]), exact=True)
+    ended = list(iter(lambda: group.next_report("a"), None))
+    assert_same_run([report for report, _ in ended], alone(CONFIGS["a"]), exact=True)
     group.leave("a")
     assert group.next_report("a") is None
 
