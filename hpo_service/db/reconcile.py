@@ -22,6 +22,7 @@ from hpo_service.db.store import Store
 
 INTERRUPTED = "interrupted: the study's driver stopped before this trial finished"
 CHECKPOINT_ATTR = "hpo:checkpoint"
+CHECKPOINT_EPOCH_ATTR = "hpo:checkpoint_epoch"  # the epoch whose state it holds
 RESUMES_ATTR = "hpo:resumes_trial"
 INTERRUPTED_ATTR = "hpo:interrupted"
 # A confirmation run: the search trial whose configuration it repeats, and its seed.
@@ -108,7 +109,9 @@ def _interrupt(
 ) -> None:
     # In this order, a crash part-way through runs the trial twice at worst, never zero times.
     attrs: dict[str, Any] = {RESUMES_ATTR: theirs.number}
-    for carried in (CHECKPOINT_ATTR, CONFIRMS_ATTR, SEED_ATTR):  # a confirmation run stays one
+    # A confirmation run stays one; a rerun cut off before it saved a checkpoint goes on from
+    # this one.
+    for carried in (CHECKPOINT_ATTR, CHECKPOINT_EPOCH_ATTR, CONFIRMS_ATTR, SEED_ATTR):
         if carried in theirs.user_attrs:
             attrs[carried] = theirs.user_attrs[carried]
     optuna_study.enqueue_trial(dict(theirs.params), user_attrs=attrs, skip_if_exists=False)

@@ -392,12 +392,17 @@ class Store:
                 )
             )
 
-    def copy_epochs(self, study: str, source: int, target: int) -> None:
-        """Give trial ``target`` the learning curve of trial ``source`` (a resumed trial)."""
+    def copy_epochs(
+        self, study: str, source: int, target: int, last_epoch: int | None = None
+    ) -> None:
+        """Give trial ``target`` the learning curve of trial ``source`` (a resumed trial), up
+        to ``last_epoch`` (all, if ``None``)."""
         with self._session(write=True) as session:
             source_row = self._trial_row(session, study, source)
             target_row = self._trial_row(session, study, target)
             for epoch in source_row.epoch_results:
+                if last_epoch is not None and epoch.epoch > last_epoch:
+                    continue
                 values = {c: getattr(epoch, c) for c in ("epoch", "objective", "train_loss")}
                 scores = {m: getattr(epoch, m) for m in METRICS}
                 session.merge(EpochRow(trial_id=target_row.id, **values, **scores))

@@ -42,12 +42,15 @@ class TrialRecorder(Callback):
             return
         number = self.searcher.trial_number(trial.trial_id)
         self._numbers[trial.trial_id] = number
-        params = {k: v for k, v in trial.config.items() if k in KNOBS and v is not None}
+        # Optuna's values of the searched knobs: a PBT member run again after a crash goes on
+        # with the values it had reached (its schedule), but it started with these.
+        given = {**trial.config, **self.searcher.params_of(trial.trial_id)}
+        params = {k: v for k, v in given.items() if k in KNOBS and v is not None}
         confirms = self.searcher.confirms(trial.trial_id)
         self.store.start_trial(self.study, number, params, confirms=confirms)
         resume = trial.config.get(RESUME_KEY)
         if resume and resume["checkpoint"]:  # it goes on from the epochs that trial finished
-            self.store.copy_epochs(self.study, int(resume["trial"]), number)
+            self.store.copy_epochs(self.study, int(resume["trial"]), number, resume.get("epoch"))
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -63,7 +66,8 @@ class TrialRecorder(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
     ) -> None:
-        self.searcher.remember_checkpoint(trial.trial_id, checkpoint.path)
+        epoch = trial.last_result.get("epoch")  # the result it came with
+        self.searcher.remember_checkpoint(trial.trial_id, checkpoint.path, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         number = self._numbers.pop(trial.trial_id, None)

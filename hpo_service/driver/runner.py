@@ -57,7 +57,6 @@ from hpo_service.driver.population import (
     PopulationSearch,
     is_population_based,
     pbt_scheduler,
-    population_search,
 )
 from hpo_service.driver.recorder import BudgetWatch, CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.driver.search_space import optuna_distributions, optuna_sampler
@@ -390,13 +389,12 @@ def _fit(
     param_space: dict[str, Any] = definition.parameters.fixed_values()
     if population:
         # Ray's PBT takes no search algorithm: the population is asked of Optuna up front.
-        search = population_search(searcher, n_trials, packing.concurrent_trials)
         members = PopulationSearch(searcher, store, definition.name, definition)
+        search = members.search(n_trials, packing.concurrent_trials)
         recorders.insert(0, members)
         stoppers.append(members)
         concurrent = None  # the generator limits it
-        # The population's values are given; Ray's variant generator only needs the keys.
-        param_space = {**param_space, **dict.fromkeys(definition.parameters.searched())}
+        param_space = {**param_space, **members.keys()}
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,

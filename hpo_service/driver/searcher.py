@@ -35,7 +35,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import TrialState
-from hpo_service.db.reconcile import CHECKPOINT_ATTR, CONFIRMS_ATTR, RESUMES_ATTR, SEED_ATTR
+from hpo_service.db.reconcile import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_EPOCH_ATTR,
+    CONFIRMS_ATTR,
+    RESUMES_ATTR,
+    SEED_ATTR,
+)
 from hpo_service.driver.search_space import FiniteSpace, configuration_key
 
 _OPTUNA_STATES = {
@@ -107,6 +113,7 @@ class StudySearcher(OptunaSearch):
         super().__init__(**kwargs)
         self._reported_steps: dict[str, set[int]] = {}
         self._configurations = None if repeats else FiniteSpace.of(self._space)
+        self.repeats = repeats
         self._draws = np.random.default_rng(draw_seed)
         # Why the search ended short of its trials, if it did.
         self.ended: str | None = None
@@ -151,6 +158,8 @@ class StudySearcher(OptunaSearch):
         """Run the Optuna trial asked for as ``asked_as`` as Ray's trial ``trial_id``
         (population-based training asks for its members before Ray makes their trials)."""
         self._ot_trials[trial_id] = self._ot_trials.pop(asked_as)
+        if asked_as in self._reported_steps:  # a resumed member's epochs, copied when asked
+            self._reported_steps[trial_id] = self._reported_steps.pop(asked_as)
 
     def unclaimed(self, prefix: str) -> list[str]:
         """The names of asked trials that no Ray trial has adopted yet, in the order asked."""
@@ -158,6 +167,10 @@ class StudySearcher(OptunaSearch):
 
     def params_of(self, trial_id: str) -> dict[str, Any]:
         return dict(self._ot_trials[trial_id].params)
+
+    def study_trial(self, number: int) -> FrozenTrial:
+        """The study's trial ``number`` as Optuna holds it."""
+        return self._ot_study.get_trials(deepcopy=False)[number]
 
     def set_user_attr(self, trial_id: str, key: str, value: Any) -> None:
         self._ot_trials[trial_id].set_user_attr(key, value)
@@ -172,7 +185,8 @@ class StudySearcher(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The next configuration (``Searcher.FINISHED`` once every one was tried); a
         confirmation run gets its seed; a trial run again after a crash also gets ``resume``:
-        the number of the trial it replaces and that trial's last checkpoint, if it saved one."""
+        the number of the trial it replaces and that trial's last checkpoint and its epoch, if it
+        saved one."""
         asking = trial_id not in self._ot_trials
         config = super().suggest(trial_id)
         if asking and config is not None and self._configurations is not None:
@@ -183,10 +197,15 @@ class StudySearcher(OptunaSearch):
         if SEED_ATTR in attrs:  # a confirmation run's fresh seed
             config = {**config, "seed": attrs[SEED_ATTR]}
         if RESUMES_ATTR in attrs:
-            resume = {"trial": attrs[RESUMES_ATTR], "checkpoint": attrs.get(CHECKPOINT_ATTR)}
+            resume = {
+                "trial": attrs[RESUMES_ATTR],
+                "checkpoint": attrs.get(CHECKPOINT_ATTR),
+                "epoch": attrs.get(CHECKPOINT_EPOCH_ATTR),
+            }
             config = {**config, RESUME_KEY: resume}
-            if resume["checkpoint"] and not self.several:  # it goes on from those epochs
-                self._copy_curve(trial_id, int(resume["trial"]))
+            # It goes on from those epochs (a population decides where its members go on from).
+            if resume["checkpoint"] and not self.repeats:
+                self.carry_curve(trial_id, int(resume["trial"]), resume["epoch"])
         return config
 
     def _untried(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any] | str | None:
@@ -235,9 +254,15 @@ class StudySearcher(OptunaSearch):
                 asked.report(value, step)
         self._ot_study.tell(asked, state=OptunaTrialState.PRUNED)
 
-    def _copy_curve(self, trial_id: str, number: int) -> None:
-        earlier = self._ot_study.get_trials(deepcopy=False)[number]
+    def carry_curve(self, trial_id: str, number: int, last_epoch: int | None) -> None:
+        """Give the trial the intermediate values of trial ``number``, which it goes on from,
+        up to ``last_epoch`` (all, if ``None``); nothing with several objectives."""
+        if self.several:
+            return
+        earlier = self.study_trial(number)
         for step, value in sorted(earlier.intermediate_values.items()):
+            if last_epoch is not None and step > last_epoch:
+                break
             self._ot_trials[trial_id].report(value, step)
             self._reported_steps.setdefault(trial_id, set()).add(step)
 
@@ -254,9 +279,10 @@ class StudySearcher(OptunaSearch):
         self._ot_trials[trial_id].report(result[self.metric], step)
         reported.add(step)
 
-    def remember_checkpoint(self, trial_id: str, path: str) -> None:
-        """Where the trial's latest checkpoint is, for a rerun after a crash."""
+    def remember_checkpoint(self, trial_id: str, path: str, epoch: int | None) -> None:
+        """Where the trial's latest checkpoint is, and its epoch, for a rerun after a crash."""
         if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(CHECKPOINT_EPOCH_ATTR, epoch)
             self._ot_trials[trial_id].set_user_attr(CHECKPOINT_ATTR, path)
 
     def on_trial_complete(

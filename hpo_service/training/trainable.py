@@ -47,16 +47,21 @@ class TrialSetup:
 
 class RayCheckpoints:
     """A trial's epoch states as Ray checkpoints: saved beside each report, restored from the
-    checkpoint of the trial this one runs again (``config["resume"]``) or, when Ray restarts
-    the trial from a checkpoint (population-based training exploiting another trial), that
-    one."""
+    checkpoint Ray restarts the trial from (population-based training exploiting another
+    trial) or, on its first start, from the checkpoint of the trial it runs again
+    (``config["resume"]``; a PBT member copying another's values copies that key too). That
+    one goes with the epoch's report again, so Ray holds it as this trial's checkpoint (to pause
+    and go on from it, or to hand it to another member)."""
 
     def __init__(self, resume_from: str | None) -> None:
         self.resume_from = resume_from
         self._pending: Path | None = None
+        self._carried: tune.Checkpoint | None = None  # the rerun trial's, until it is reported
 
     def restore(self) -> dict[str, Any] | None:
-        given = tune.Checkpoint(self.resume_from) if self.resume_from else tune.get_checkpoint()
+        given = tune.get_checkpoint()
+        if given is None and self.resume_from:
+            given = self._carried = tune.Checkpoint(self.resume_from)
         if given is None:
             return None
         with given.as_directory() as folder:
@@ -70,10 +75,12 @@ class RayCheckpoints:
         torch.save(state, self._pending / STATE_FILE)
 
     def report(self, result: dict[str, Any]) -> None:
-        """Report ``result`` with the state saved for it (Ray copies it to its storage)."""
+        """Report ``result`` with the state saved for it, or restored for it from the trial it
+        runs again (Ray copies it to its storage)."""
         pending, self._pending = self._pending, None
+        carried, self._carried = self._carried, None
         try:
-            checkpoint = tune.Checkpoint.from_directory(str(pending)) if pending else None
+            checkpoint = tune.Checkpoint.from_directory(str(pending)) if pending else carried
             tune.report(result, checkpoint=checkpoint)
         finally:
             if pending is not None:

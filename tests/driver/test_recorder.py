@@ -13,7 +13,7 @@ from optuna.distributions import FloatDistribution
 
 from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
-from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
+from hpo_service.db.reconcile import CHECKPOINT_ATTR, CHECKPOINT_EPOCH_ATTR, RESUMES_ATTR
 from hpo_service.db.store import Store
 from hpo_service.driver.recorder import CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.driver.searcher import RESUME_KEY, StudySearcher
@@ -108,21 +108,24 @@ def test_a_rerun_from_a_checkpoint_carries_its_curve_and_checkpoints_reach_optun
     recorder = TrialRecorder(store, "study", searcher)
     cut = ray_trial(searcher, "cut")
     recorder.on_trial_start(0, [], cut)
-    recorder.on_trial_result(0, [], cut, epoch(1, 0.6))
+    cut.last_result = epoch(1, 0.6)  # the result its checkpoint came with
+    recorder.on_trial_result(0, [], cut, cut.last_result)
     recorder.on_checkpoint(0, [], cut, SimpleNamespace(path="/ckpt/cut/checkpoint_000000"))
     attrs = searcher._ot_study.trials[0].user_attrs
     assert attrs[CHECKPOINT_ATTR] == "/ckpt/cut/checkpoint_000000"
+    assert attrs[CHECKPOINT_EPOCH_ATTR] == 1
+    recorder.on_trial_result(0, [], cut, epoch(2, 0.7))  # cut off before its checkpoint
 
+    carried = {k: attrs[k] for k in (CHECKPOINT_ATTR, CHECKPOINT_EPOCH_ATTR)}
     searcher._ot_study.enqueue_trial(
-        searcher._ot_study.trials[0].params,
-        user_attrs={RESUMES_ATTR: 0, CHECKPOINT_ATTR: attrs[CHECKPOINT_ATTR]},
+        searcher._ot_study.trials[0].params, user_attrs={RESUMES_ATTR: 0, **carried}
     )
     rerun = ray_trial(searcher, "rerun")
     assert rerun.config[RESUME_KEY]["trial"] == 0
     recorder.on_trial_start(0, [], rerun)
     [_, recorded] = store.trials("study", with_curves=True)
     assert RESUME_KEY not in recorded.params  # not a knob
-    assert [(e.epoch, e.objective) for e in recorded.learning_curve] == [(1, 0.6)]
+    assert [(e.epoch, e.objective) for e in recorded.learning_curve] == [(1, 0.6)]  # its state's
 
 
 def test_the_failure_limit_stops_the_study_at_its_limit() -> None:

@@ -18,8 +18,9 @@ from optuna.trial import TrialState as OptunaState
 from hpo_service.core.presets import merge
 from hpo_service.core.records import EpochRecord, StudyStatus, TrialState
 from hpo_service.core.settings import Settings
-from hpo_service.db.reconcile import INTERRUPTED_ATTR
+from hpo_service.db.reconcile import INTERRUPTED_ATTR, RESUMES_ATTR
 from hpo_service.db.store import Store
+from hpo_service.driver.population import CHECKPOINTS_ATTR, SCHEDULE_ATTR
 from hpo_service.driver.runner import resume_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
@@ -163,3 +164,59 @@ def test_cut_off_fused_trials_rejoin_a_group_from_their_last_epochs(
         assert trial.learning_curve[2].eval_loss == pytest.approx(
             rerun.learning_curve[2].eval_loss, rel=1e-5
         )
+
+
+def population_study(name: str, model: Path, files: tuple[Path, Path]) -> dict:
+    """Two PBT members compared at every epoch: the worse goes on from the better's state."""
+    return merge(
+        study(name, model, files),
+        {
+            "parameters": {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                "num_train_epochs": 4,
+            },
+            "sampler": {"type": "random", "seed": 3},
+            "early_stopping": {"type": "pbt", "quantile_fraction": 0.5, "synch": True},
+            "limits": {"trials": 2, "concurrent_trials": 2},
+        },
+    )
+
+
+def test_a_cut_off_population_goes_on_in_step_from_its_members_checkpoints(
+    tiny_models: dict[str, Path],
+    sentiment_files: tuple[Path, Path],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    """A synchronous population's members go on together from the last epoch all of them had
+    saved, each from its own checkpoint, with the values it had reached by then."""
+    document = population_study("crashy-pbt", tiny_models["bert"], sentiment_files)
+    store = crash_midway(document, sqlite_url, tmp_path / "work")
+    cut = store.trials("crashy-pbt", with_curves=True)
+    assert {t.state for t in cut} == {TrialState.RUNNING} and max(t.epochs for t in cut) == 2
+    # Both members finished epoch 1 in step; the crash came after one's epoch 2 checkpoint.
+    saved = [set(t.user_attrs[CHECKPOINTS_ATTR]) for t in optuna_trials(sqlite_url, "crashy-pbt")]
+    assert sorted(saved, key=len) == [{"1"}, {"1", "2"}]
+    in_step = 1
+
+    assert resume(store, "crashy-pbt", sqlite_url, tmp_path / "work") == StudyStatus.COMPLETED
+    assert not list((tmp_path / "work").rglob("checkpoint_*"))  # removed once the study ended
+
+    trials = store.trials("crashy-pbt", with_curves=True)
+    interrupted = {t.number: t for t in trials if t.state == TrialState.INTERRUPTED}
+    reruns = [t for t in trials if t.number not in interrupted]
+    assert sorted(interrupted) == [0, 1] and [t.state for t in reruns] == [TrialState.COMPLETE] * 2
+    theirs = {t.number: t for t in optuna_trials(sqlite_url, "crashy-pbt")}
+    for rerun in reruns:
+        cut_off = interrupted[theirs[rerun.number].user_attrs[RESUMES_ATTR]]
+        assert [e.epoch for e in rerun.learning_curve] == [1, 2, 3, 4]
+        # Epoch 1 is the cut-off member's, wall time too: restored, not trained again.
+        assert rerun.learning_curve[:in_step] == cut_off.learning_curve[:in_step]
+        # It started with the same values, and went on with those it had reached by then.
+        assert rerun.params == cut_off.params
+        assert theirs[rerun.number].params == theirs[cut_off.number].params
+        so_far = [c for c in cut_off.schedule or [] if c["epoch"] <= in_step]
+        assert so_far and rerun.schedule[: len(so_far)] == so_far  # type: ignore[index]
+        assert theirs[rerun.number].user_attrs[SCHEDULE_ATTR] == rerun.schedule
+        curve = {e.epoch: e.objective for e in rerun.learning_curve}
+        assert theirs[rerun.number].intermediate_values == curve

@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 from hpo_service.core.presets import resolve_definition
 from hpo_service.core.records import TrialState
-from hpo_service.db.reconcile import CHECKPOINT_ATTR, RESUMES_ATTR
+from hpo_service.db.reconcile import CHECKPOINT_ATTR, CHECKPOINT_EPOCH_ATTR, RESUMES_ATTR
 from hpo_service.driver.search_space import (
     FiniteSpace,
     configuration_key,
@@ -113,18 +113,21 @@ def test_a_rerun_resumes_its_trial_with_its_curve_and_counts_steps_in_epochs(
     searcher.on_trial_result("cut", epoch(2, 0.65))
     study = optuna.load_study(study_name="study", storage=storage)
     params = optuna_trial(storage, 0).params
-    study.enqueue_trial(params, user_attrs={RESUMES_ATTR: 0, CHECKPOINT_ATTR: "/ckpt/0"})
+    # Cut off after epoch 2's report, before its checkpoint: the last one saved is epoch 1's.
+    attrs = {RESUMES_ATTR: 0, CHECKPOINT_ATTR: "/ckpt/0", CHECKPOINT_EPOCH_ATTR: 1}
+    study.enqueue_trial(params, user_attrs=attrs)
 
     config = searcher.suggest("rerun")
 
-    assert config[RESUME_KEY] == {"trial": 0, "checkpoint": "/ckpt/0"}
+    assert config[RESUME_KEY] == {"trial": 0, "checkpoint": "/ckpt/0", "epoch": 1}
     assert config["learning_rate"] == params["learning_rate"]
-    # The rerun reports epoch 2 again, then 3, as Ray's iterations 1 and 2.
-    searcher.on_trial_result("rerun", epoch(2, 0.65, iteration=1))
-    searcher.on_trial_result("rerun", epoch(3, 0.7, iteration=2))
-    searcher.on_trial_complete("rerun", epoch(3, 0.7, iteration=2))
+    # The rerun reports epoch 1 again, then trains 2 and 3, as Ray's iterations 1 to 3.
+    searcher.on_trial_result("rerun", epoch(1, 0.6, iteration=1))
+    searcher.on_trial_result("rerun", epoch(2, 0.66, iteration=2))
+    searcher.on_trial_result("rerun", epoch(3, 0.7, iteration=3))
+    searcher.on_trial_complete("rerun", epoch(3, 0.7, iteration=3))
     rerun = optuna_trial(storage, 1)
-    assert rerun.intermediate_values == {1: 0.6, 2: 0.65, 3: 0.7}
+    assert rerun.intermediate_values == {1: 0.6, 2: 0.66, 3: 0.7}
     assert (rerun.state, rerun.value) == (OptunaState.COMPLETE, 0.7)
 
 
@@ -135,7 +138,7 @@ def test_a_rerun_without_a_checkpoint_starts_over(storage: optuna.storages.BaseS
     study = optuna.load_study(study_name="study", storage=storage)
     study.enqueue_trial(optuna_trial(storage, 0).params, user_attrs={RESUMES_ATTR: 0})
     config = searcher.suggest("rerun")
-    assert config[RESUME_KEY] == {"trial": 0, "checkpoint": None}
+    assert config[RESUME_KEY] == {"trial": 0, "checkpoint": None, "epoch": None}
     assert optuna_trial(storage, 1).intermediate_values == {}
 
 
