@@ -113,7 +113,6 @@ class StudySearcher(OptunaSearch):
         super().__init__(**kwargs)
         self._reported_steps: dict[str, set[int]] = {}
         self._configurations = None if repeats else FiniteSpace.of(self._space)
-        self.repeats = repeats
         self._draws = np.random.default_rng(draw_seed)
         # Why the search ended short of its trials, if it did.
         self.ended: str | None = None
@@ -203,8 +202,9 @@ class StudySearcher(OptunaSearch):
                 "epoch": attrs.get(CHECKPOINT_EPOCH_ATTR),
             }
             config = {**config, RESUME_KEY: resume}
-            # It goes on from those epochs (a population decides where its members go on from).
-            if resume["checkpoint"] and not self.repeats:
+            # It goes on from those epochs (a population, which repeats proposals, decides where
+            # its members go on from).
+            if resume["checkpoint"] and self._configurations is not None:
                 self.carry_curve(trial_id, int(resume["trial"]), resume["epoch"])
         return config
 
