@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ READY = "ready"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _VITAL = ("gcs_server", "raylet")  # the head is gone when one of these is
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def free_port() -> int:
@@ -187,14 +189,27 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum: int, frame: object) -> None:
+    """Raise ``_Stop``, once. A SIGKILLed service can send its death signal more than once (once
+    for each of its threads that the supervisor is handed to as they exit); a second ``_Stop``
+    raised during the clean-up would cut it short and leave the head running."""
+    _on_stop_signals(_already_stopping)
     raise _Stop(signal.Signals(signum).name)
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    """Stop signals while stopping: nothing more to do. (A handler, not SIG_IGN: Python reports
+    a signal that arrived just before SIG_IGN replaced its handler as an error.)"""
+
+
+def _on_stop_signals(handler: Callable[[int, object], None]) -> None:
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, handler)
 
 
 def supervise(parent: int, temp_dir: str, ray_start: list[str]) -> int:
     """The supervisor: start the head, say ``ready``, and end it all when told or orphaned,
     then remove the head's ``temp_dir``."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _raise_stop)
+    _on_stop_signals(_raise_stop)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -216,8 +231,7 @@ def supervise(parent: int, temp_dir: str, ray_start: list[str]) -> int:
     except _Stop as stop:
         print(f"stopping the Ray head on {stop}", file=sys.stderr)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        _on_stop_signals(_already_stopping)
         end_processes(
             list({*session_processes(os.getsid(0)), *psutil.Process().children(recursive=True)}),
             STOP_GRACE_S,
