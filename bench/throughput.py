@@ -62,6 +62,7 @@ from hpo_service.core.training_args import training_arguments
 from hpo_service.data import load_labelled_data
 from hpo_service.training import engine
 from hpo_service.training.batches import TensorSplit, steps_per_epoch
+from hpo_service.training.engine import TrialSetup
 from hpo_service.training.fused import FusedTrainer, stacks_on
 from hpo_service.training.modeling import (
     load_config,
@@ -69,7 +70,6 @@ from hpo_service.training.modeling import (
     load_tokenizer,
     tokenize,
 )
-from hpo_service.training.trainable import TrialSetup
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HPO_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -20,8 +20,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from hpo_service.training.engine import REPLAYED_KEY
-from hpo_service.training.trainable import RayCheckpoints, TrialSetup
+from hpo_service.training.engine import REPLAYED_KEY, TrialSetup
+from hpo_service.training.trainable import RayCheckpoints
 
 JOIN_POLL_S = 0.2
 # A stand-in trial only waits on its worker; the worker holds the group's CPUs and GPUs.

@@ -61,9 +61,10 @@ from hpo_service.driver.population import (
 from hpo_service.driver.recorder import BudgetWatch, CancelWatch, FailedTrialLimit, TrialRecorder
 from hpo_service.driver.search_space import optuna_distributions, optuna_sampler
 from hpo_service.driver.searcher import StudySearcher, warm_start_trials
+from hpo_service.training.engine import TrialSetup
 from hpo_service.training.footprint import gpu_memory_bytes, trial_footprint
 from hpo_service.training.modeling import model_type, tokenize
-from hpo_service.training.trainable import TrialSetup, train_trial
+from hpo_service.training.trainable import train_trial
 
 GPU_PROBE_TIMEOUT_S = 300
 # Optuna's study user attribute with the confirmed best configuration, for the dashboard.

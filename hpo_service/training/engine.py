@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import get_scheduler, set_seed
 
-from hpo_service.core.definition import METRICS, Metric
+from hpo_service.core.definition import METRICS, Metric, ModelSpec
 from hpo_service.core.training_args import trial_values
 from hpo_service.training.batches import (
     Batch,
+    TensorData,
     TensorSplit,
     eval_batches,
     steps_per_epoch,
@@ -39,13 +40,20 @@ from hpo_service.training.batches import (
 )
 from hpo_service.training.modeling import load_model
 
-if TYPE_CHECKING:
-    from hpo_service.training.trainable import TrialSetup
-
 # Marks the report of an epoch restored from a checkpoint (sent again: a crash may have lost it).
 REPLAYED_KEY = "replayed"
 # Parameter names that get no weight decay, as `Trainer.get_decay_parameter_names` (lower case).
 _NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a study shares; Ray puts it in the object store once."""
+
+    model: ModelSpec
+    metric: Metric
+    data: TensorData
+    checkpoints: bool = True
 
 
 @dataclass(frozen=True)

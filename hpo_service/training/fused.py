@@ -28,7 +28,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from transformers import set_seed
@@ -36,6 +36,7 @@ from transformers import set_seed
 from hpo_service.training.batches import Batch, TensorSplit, steps_per_epoch, train_batches
 from hpo_service.training.engine import (
     TrialHyper,
+    TrialSetup,
     apply_rates,
     device_and_autocast,
     epoch_report,
@@ -55,9 +56,6 @@ from hpo_service.training.stacked import (
     cpu_copy,
     make_stackable,
 )
-
-if TYPE_CHECKING:
-    from hpo_service.training.trainable import TrialSetup
 
 
 def stacks_on(device: torch.device) -> bool:

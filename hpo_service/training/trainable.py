@@ -12,16 +12,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from hpo_service.core.definition import KNOBS, Metric, ModelSpec
+from hpo_service.core.definition import KNOBS
 from hpo_service.training import engine
-from hpo_service.training.batches import TensorData
+from hpo_service.training.engine import TrialSetup
 
 # `HPO_TORCH_COMPILE=1` in the workers' environment compiles each trial's model (CUDA only).
 COMPILE_VARIABLE = "HPO_TORCH_COMPILE"
@@ -33,16 +32,6 @@ STATE_FILE = "state.pt"
 RESET_WAIT_VARIABLE = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
 RESET_WAIT_SECONDS = 120
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrialSetup:
-    """What every trial of a study shares; Ray puts it in the object store once."""
-
-    model: ModelSpec
-    metric: Metric
-    data: TensorData
-    checkpoints: bool = True
 
 
 class RayCheckpoints:

@@ -11,9 +11,9 @@ import torch
 
 from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
-from hpo_service.training.engine import REPLAYED_KEY, StepTrace, train
+from hpo_service.training.engine import REPLAYED_KEY, StepTrace, TrialSetup, train
 from hpo_service.training.modeling import tokenize
-from hpo_service.training.trainable import RayCheckpoints, TrialSetup
+from hpo_service.training.trainable import RayCheckpoints
 
 CPU = torch.device("cpu")
 # Dropout on: an exact continuation needs the random state back too, not only the weights.

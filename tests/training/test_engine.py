@@ -23,6 +23,7 @@ from hpo_service.training.engine import (
     METRICS,
     StepTrace,
     TrialHyper,
+    TrialSetup,
     evaluate,
     make_optimizer,
     model_logits,
@@ -32,7 +33,6 @@ from hpo_service.training.engine import (
     weighted_loss,
 )
 from hpo_service.training.modeling import load_model, tokenize
-from hpo_service.training.trainable import TrialSetup
 
 CPU = torch.device("cpu")
 

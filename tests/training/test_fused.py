@@ -30,10 +30,10 @@ from hpo_service.core.definition import DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
 from hpo_service.driver.fusion import FusionGroup
 from hpo_service.training import engine
+from hpo_service.training.engine import TrialSetup
 from hpo_service.training.fused import FusedTrainer, MemberState, fusion_key, stacks_on
 from hpo_service.training.modeling import tokenize
 from hpo_service.training.stacked import Stack, StackedAdamW, clip_per_member
-from hpo_service.training.trainable import TrialSetup
 
 CPU = torch.device("cpu")
 EXACT = ("accuracy", "f1", "matthews_corrcoef", "epoch", "epochs_planned")

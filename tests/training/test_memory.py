@@ -85,7 +85,8 @@ CAPPED = textwrap.dedent(
     from hpo_service.data import load_labelled_data
     from hpo_service.training import engine
     from hpo_service.training.modeling import tokenize
-    from hpo_service.training.trainable import TrialSetup, fit_in_memory
+    from hpo_service.training.engine import TrialSetup
+    from hpo_service.training.trainable import fit_in_memory
 
     folder, headroom = Path(sys.argv[2]), int(sys.argv[3]) * 2**20
     model = ModelSpec(name=str(save_tiny_model("bert", folder / "bert")))
