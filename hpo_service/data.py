@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
 }
 SPLIT_SEED = 0
+_INTEGER = re.compile(r"-?[0-9]+")  # labels read as whole numbers (ASCII digits only)
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,11 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
         train = _read_file(spec, "train", spec.train)
         evaluation = _read_file(spec, "eval", spec.eval) if spec.eval else None
     train = _select_columns(spec, "train", train)
+    label_names = _label_names(train)
     if evaluation is None:
-        train, evaluation = _hold_out(spec, train)
+        train, evaluation = _hold_out(spec, train)  # train keeps an example of every label
     else:
         evaluation = _select_columns(spec, "eval", evaluation)
-    label_names = _label_names(train)
     unseen = sorted(set(evaluation["label"]) - set(label_names))
     if unseen:
         raise DefinitionError(
@@ -114,7 +116,16 @@ def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:
     except (ValueError, OSError, pd.errors.ParserError) as error:
         message = f"cannot read {path.name} as {kind}: {error}"
         raise DefinitionError(f"dataset.{field}", message) from error
-    frame.columns = [str(c).strip() for c in frame.columns]
+    header = [str(c) for c in frame.columns]
+    frame.columns = [c.strip() for c in header]
+    used = {spec.label_field, *spec.text_fields}
+    clashes = sorted({c for c in frame.columns if c in used and list(frame.columns).count(c) > 1})
+    if clashes:
+        raise DefinitionError(
+            f"dataset.{field}",
+            f"{path.name} has duplicate columns {clashes} once spaces around names are trimmed "
+            f"(header: {[c for c in header if c.strip() in clashes]}); rename or drop one",
+        )
     if frame.empty:
         raise DefinitionError(f"dataset.{field}", f"{location} holds no rows")
     return frame
@@ -175,19 +186,43 @@ def _select_columns(spec: DatasetSpec, split: str, frame: pd.DataFrame) -> pd.Da
 
 
 def _hold_out(spec: DatasetSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``eval_fraction`` (default 0.1) of train off as eval, stratified by label.
+
+    The split is random instead when a label has a single example or eval has fewer rows than
+    there are labels. Held-out rows whose label then has no example left in train go back to
+    train (so eval may come out a little smaller), as train must show every label.
+    """
     fraction = spec.eval_fraction or 0.1
     counts = train["label"].value_counts()
     n_eval = round(len(train) * fraction)
-    if n_eval < 1 or len(train) - n_eval < 1:
+    n_train = len(train) - n_eval
+    if n_eval < 1 or n_train < 1:
         raise DefinitionError(
             "dataset.eval_fraction",
             f"holding out {fraction} of {len(train)} rows leaves a split empty",
+        )
+    if n_train < len(counts):
+        raise DefinitionError(
+            "dataset.eval_fraction",
+            f"holding out {fraction} of {len(train)} rows leaves {n_train} train row(s), too few "
+            f"for one example of each of the {len(counts)} labels; lower eval_fraction or give "
+            "an eval file",
         )
     stratify = train["label"] if counts.min() >= 2 and n_eval >= len(counts) else None
     kept, held = train_test_split(
         train, test_size=n_eval, random_state=SPLIT_SEED, stratify=stratify
     )
-    return kept.reset_index(drop=True), held.reset_index(drop=True)
+    orphaned = ~held["label"].isin(set(kept["label"]))
+    if orphaned.all():
+        raise DefinitionError(
+            "dataset.eval_fraction",
+            f"holding out {fraction} of {len(train)} rows leaves eval empty: its {len(held)} "
+            f"row(s) hold every example of label(s) {sorted(set(held['label']))[:5]}, which "
+            "train needs; give an eval file, or enough rows to stratify the split (an eval row "
+            f"for each of the {len(counts)} labels, and 2 or more examples of each)",
+        )
+    kept = pd.concat([kept, held[orphaned]])
+    return kept.reset_index(drop=True), held[~orphaned].reset_index(drop=True)
 
 
 def _label_names(train: pd.DataFrame) -> list[str]:
@@ -196,7 +231,7 @@ def _label_names(train: pd.DataFrame) -> list[str]:
         raise DefinitionError(
             "dataset.label_field", f"classification needs 2 or more labels, but got {names}"
         )
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(_INTEGER.fullmatch(n) for n in names):
         return sorted(names, key=int)
     fractions = [n for n in names if _is_number(n) and not float(n).is_integer()]
     if fractions and all(_is_number(n) for n in names):

@@ -132,6 +132,40 @@ def test_eval_fraction_splits_train_deterministically(shared_data: Path) -> None
     assert abs(share - whole.train["label"].mean()) < 0.01
 
 
+def _labelled_csv(path: Path, labels: list[str]) -> str:
+    path.write_text("sentence,label\n" + "".join(f"text {i},{x}\n" for i, x in enumerate(labels)))
+    return str(path)
+
+
+def test_held_out_split_keeps_a_label_with_one_example_in_train(tmp_path: Path) -> None:
+    # A label with a single example cannot be stratified; wherever it sits in the file, it stays
+    # in train (the only place a classifier can learn it) and eval keeps the rest of its share.
+    for n in (12, 20):
+        for position in range(n + 1):
+            labels = [["a", "b"][i % 2] for i in range(n)]
+            labels.insert(position, "c")
+            train = _labelled_csv(tmp_path / "train.csv", labels)
+            data = load_labelled_data(DatasetSpec(train=train, eval_fraction=0.25))
+            assert data.label_names == ["a", "b", "c"]
+            assert set(data.train["label"]) == {0, 1, 2}, (n, position)
+            assert 1 <= len(data.eval) <= round((n + 1) * 0.25)
+            assert len(data.train) + len(data.eval) == n + 1
+
+
+def test_held_out_split_with_fewer_eval_rows_than_labels(tmp_path: Path) -> None:
+    # 2 eval rows cannot cover 4 labels, so the split is not stratified; train still has them all.
+    train = _labelled_csv(tmp_path / "train.csv", [["a", "b", "c", "d"][i % 4] for i in range(12)])
+    data = load_labelled_data(DatasetSpec(train=train, eval_fraction=0.2))
+    assert (len(data.train), len(data.eval)) == (10, 2)
+    assert set(data.train["label"]) == {0, 1, 2, 3}
+
+
+def test_held_out_split_at_one_train_row_per_label(tmp_path: Path) -> None:
+    train = _labelled_csv(tmp_path / "train.csv", ["a", "a", "b", "b"])
+    data = load_labelled_data(DatasetSpec(train=train, eval_fraction=0.5))
+    assert sorted(data.train["label"]) == sorted(data.eval["label"]) == [0, 1]
+
+
 # --- Other formats -------------------------------------------------------------------------------
 
 
@@ -155,6 +189,35 @@ def test_whole_numbers_written_as_decimals_are_class_names(tmp_path: Path) -> No
     )
     data = load_labelled_data(DatasetSpec(train=str(tmp_path / "train.csv")))
     assert data.label_names == ["0.0", "1.0"]
+
+
+def test_negative_whole_number_labels_sort_as_numbers(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text(
+        "sentence,label\n" + "".join(f"text {i},{[10, -1, 2][i % 3]}\n" for i in range(30))
+    )
+    data = load_labelled_data(DatasetSpec(train=str(tmp_path / "train.csv")))
+    assert data.label_names == ["-1", "2", "10"]
+
+
+@pytest.mark.parametrize("odd", ["--1", "\u00b2", "+1", "\u0661"])  # ², Arabic-Indic one
+def test_labels_that_only_look_like_integers_are_class_names(tmp_path: Path, odd: str) -> None:
+    (tmp_path / "train.csv").write_text(
+        "sentence,label\n" + "".join(f"text {i},{['1', odd][i % 2]}\n" for i in range(20)),
+        encoding="utf-8",
+    )
+    data = load_labelled_data(DatasetSpec(train=str(tmp_path / "train.csv")))
+    assert data.label_names == sorted(["1", odd])
+    names = [data.label_names[i] for i in pd.concat([data.train, data.eval])["label"]]
+    assert sorted(names) == sorted(["1", odd] * 10)
+
+
+def test_duplicate_columns_the_study_does_not_use_are_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text(
+        "sentence,label,note, note\n" + "".join(f"text {i},{i % 2},x,y\n" for i in range(20))
+    )
+    data = load_labelled_data(DatasetSpec(train=str(tmp_path / "train.csv")))
+    assert data.label_names == ["0", "1"]
+    assert len(data.train) + len(data.eval) == 20
 
 
 def test_jsonl(tmp_path: Path) -> None:
@@ -283,6 +346,41 @@ BAD_DATA = [
         "dataset.label_field",
         ["regression", "numbers with fractions", "distinct"],
         id="continuous-labels",
+    ),
+    pytest.param(
+        {"train.csv": "sentence,label, label\n" + "".join(f"t {i},{i % 2},x\n" for i in range(20))},
+        {"train": "train.csv"},
+        "dataset.train",
+        ["train.csv", "duplicate columns ['label']", "' label'"],
+        id="columns-equal-once-trimmed",
+    ),
+    pytest.param(
+        {"train.csv": TRAIN_CSV, "dev.csv": "sentence ,sentence,label\ngood,fine,pos\n"},
+        {"train": "train.csv", "eval": "dev.csv"},
+        "dataset.eval",
+        ["dev.csv", "duplicate columns ['sentence']", "'sentence '"],
+        id="eval-columns-equal-once-trimmed",
+    ),
+    pytest.param(
+        {"train.csv": "sentence,label\nw,a\nx,a\ny,b\nz,b\n"},
+        {"train": "train.csv", "eval_fraction": 0.7},
+        "dataset.eval_fraction",
+        ["0.7 of 4 rows", "1 train row(s)", "2 labels"],
+        id="held-out-share-leaves-train-too-few-rows-for-the-labels",
+    ),
+    pytest.param(
+        {"train.csv": "sentence,label\n" + "".join(f"t {i},{i}\n" for i in range(6))},
+        {"train": "train.csv"},
+        "dataset.eval_fraction",
+        ["0.1 of 6 rows", "5 train row(s)", "6 labels"],
+        id="default-held-out-share-with-one-example-per-label",
+    ),
+    pytest.param(  # 2 random eval rows (too few to stratify 4 labels) take both 'c' examples
+        {"train.csv": "sentence,label\n" + "".join(f"t {i},{'abcd'[i % 4]}\n" for i in range(8))},
+        {"train": "train.csv", "eval_fraction": 0.2},
+        "dataset.eval_fraction",
+        ["leaves eval empty", "['c']", "eval file"],
+        id="held-out-rows-all-needed-by-train",
     ),
     pytest.param(
         {"train.txt": TRAIN_CSV},
