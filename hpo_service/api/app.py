@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import text
+from starlette.routing import Match, Mount
 
 from hpo_service import __version__
 from hpo_service.api.answers import AnswerCache
@@ -70,6 +71,7 @@ def create_app(settings: Settings, schedule: bool = True) -> FastAPI:
     _add_probes(app, settings, store)
     add_metrics(app, store)
     _add_error_handlers(app)
+    _answer_unknown_api_paths(app)
     # Last: the dashboard owns every path the API does not (/dashboard, /api, /static, /csv).
     dashboard = optuna_dashboard.wsgi(optuna_storage(settings.database_url))
     app.mount("/", WSGIMiddleware(_default_accept_encoding(dashboard)))
@@ -117,6 +119,35 @@ def _check_ray(settings: Settings) -> str:
         return "ok: the service's own local Ray"
     reason = unreachable(address, timeout=3)
     return f"ok: {address}" if reason is None else f"unreachable: {address}: {reason}"
+
+
+def _answer_unknown_api_paths(app: FastAPI) -> None:
+    """A path under /v1 that no endpoint serves answers in JSON, as the API's errors do (not
+    with the dashboard's HTML page): 405 with ``Allow`` where other methods serve it, else 404."""
+
+    @app.api_route(_UNKNOWN_API_PATH, methods=list(_HTTP_METHODS), include_in_schema=False)
+    def unknown_api_path(request: Request, path: str) -> JSONResponse:
+        allowed = [m for m in _HTTP_METHODS if _served(app, {**request.scope, "method": m})]
+        if allowed:
+            return JSONResponse(
+                {"detail": f"{request.method} is not allowed on /v1/{path}"},
+                status_code=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return JSONResponse({"detail": f"no such endpoint: /v1/{path}"}, status_code=404)
+
+
+_UNKNOWN_API_PATH = "/v1/{path:path}"
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _served(app: FastAPI, scope: dict[str, Any]) -> bool:
+    """Whether an endpoint of the API (not the dashboard, not the answer above) serves it."""
+    return any(
+        route.matches(scope)[0] == Match.FULL
+        for route in app.router.routes
+        if not isinstance(route, Mount) and getattr(route, "path", None) != _UNKNOWN_API_PATH
+    )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

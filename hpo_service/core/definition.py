@@ -1,12 +1,15 @@
 """The study definition: what to fine-tune, on which data, over which search space.
 
-Pure data: no I/O and no Ray, database or HTTP imports. Every model rejects unknown keys, and
+Pure data: no I/O (but for finding a ``~user``'s home folder) and no Ray, database or HTTP
+imports. Every model rejects unknown keys, and
 every check says which value was wrong.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -26,6 +29,11 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the databases' BIGINT columns hold
 MAX_GRID_POINTS = 100_000
+MAX_TRIALS = 1_000_000
+SEED_MAX = 2**32 - 1  # NumPy's and Optuna's samplers take seeds up to this
+RESOURCE_STEP = 0.0001  # Ray counts resources in steps of this; a request below it is none
+NAME_MAX_BYTES, PATH_MAX_BYTES = 255, 4095  # Linux's limits on a file name and a whole path
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 Metric = Literal["accuracy", "f1", "matthews_corrcoef", "eval_loss", "train_seconds"]
 # Every metric a trial reports after each epoch: the one list that tables, records, the API,
@@ -57,6 +65,24 @@ def _check_storable_scalar(value: Any) -> None:
         raise ValueError(f"must be between {INT64_MIN} and {INT64_MAX}, but got {value!r}")
     if isinstance(value, str) and "\x00" in value:
         raise ValueError(f"must not contain a NUL byte, but got {value!r}")
+
+
+def _check_path(value: str | None) -> str | None:
+    """A path this machine can look up: no unknown ``~user``, no name or path too long."""
+    if value is None:
+        return value
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as error:  # "~nosuchuser/..."
+        raise ValueError(f"{Path(value).parts[0]!r} is not a user's home folder here") from error
+    if len(os.fsencode(path)) > PATH_MAX_BYTES or any(
+        len(os.fsencode(part)) > NAME_MAX_BYTES for part in path.parts
+    ):
+        raise ValueError(
+            f"is longer than file systems allow ({NAME_MAX_BYTES} bytes a name, "
+            f"{PATH_MAX_BYTES} a path)"
+        )
+    return value
 
 
 # --- Parameter distributions -------------------------------------------------------------------
@@ -210,7 +236,7 @@ KNOBS: dict[str, Knob] = {
     "num_train_epochs": Knob(kind="int", default=3, low=1),
     "gradient_accumulation_steps": Knob(kind="int", default=1, low=1),
     "lr_scheduler": Knob(kind="str", default="linear", choices=LR_SCHEDULERS),
-    "seed": Knob(kind="int", default=42, low=0),
+    "seed": Knob(kind="int", default=42, low=0, high=SEED_MAX),
     "max_grad_norm": Knob(kind="float", default=1.0, low=0.0),
     "adam_epsilon": Knob(kind="float", default=1e-8, low=0.0),
     "label_smoothing": Knob(kind="float", default=0.0, low=0.0, high=1.0, high_inclusive=False),
@@ -340,6 +366,8 @@ class ModelSpec(_Spec):
     )
     revision: str | None = Field(default=None, description="Hub branch, tag or commit.")
 
+    _check_name = field_validator("name")(_check_path)
+
 
 class DatasetSpec(_Spec):
     """Where the labelled text comes from and how to read it."""
@@ -364,6 +392,8 @@ class DatasetSpec(_Spec):
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
     max_seq_length: int = Field(default=128, ge=8, le=8192)
+
+    _check_files = field_validator("train", "eval")(_check_path)
 
     @model_validator(mode="after")
     def _check_source(self) -> DatasetSpec:
@@ -437,7 +467,7 @@ class TpeSampler(_Spec):
     """Optuna's Tree-structured Parzen Estimator ("Bayesian")."""
 
     type: Literal["tpe"]
-    seed: int | None = None
+    seed: Seed | None = None
     n_startup_trials: int = Field(default=10, ge=0)
     multivariate: bool = False
     # Trials still running count as the worst result so far, so trials proposed while others
@@ -449,14 +479,14 @@ class GridSampler(_Spec):
     """Every point of the grid of the searched parameters, each once."""
 
     type: Literal["grid"]
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class RandomSampler(_Spec):
     """Independent uniform (or log-uniform) draws."""
 
     type: Literal["random"]
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 Sampler = Annotated[TpeSampler | GridSampler | RandomSampler, Field(discriminator="type")]
@@ -466,12 +496,17 @@ class NoEarlyStopping(_Spec):
     type: Literal["none"]
 
 
+# Successive halving keeps 1/reduction_factor of the trials at each rung, and Ray builds
+# ln(epochs)/ln(reduction_factor) rungs: a factor nearer 1 asks for billions.
+MIN_REDUCTION_FACTOR = 1.1
+
+
 class Asha(_Spec):
     """Asynchronous successive halving; the budget is counted in epochs."""
 
     type: Literal["asha"]
     grace_period: int = Field(default=1, ge=1, description="Epochs every trial runs at least.")
-    reduction_factor: float = Field(default=2.0, gt=1)
+    reduction_factor: float = Field(default=2.0, ge=MIN_REDUCTION_FACTOR)
 
 
 class Hyperband(_Spec):
@@ -480,7 +515,7 @@ class Hyperband(_Spec):
 
     type: Literal["hyperband"]
     grace_period: int = Field(default=1, ge=1, description="Epochs of the most eager bracket.")
-    reduction_factor: float = Field(default=3.0, gt=1)
+    reduction_factor: float = Field(default=3.0, ge=MIN_REDUCTION_FACTOR)
     brackets: int = Field(default=3, ge=1, le=10)
 
 
@@ -534,7 +569,10 @@ EarlyStopping = Annotated[
 
 class Limits(_Spec):
     trials: int | None = Field(
-        default=None, ge=1, description="Trials to run; a grid defaults to its size, else 10."
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Trials to run; a grid defaults to its size, else 10.",
     )
     concurrent_trials: int = Field(default=1, ge=1)
     max_failed_trials: int | None = Field(
@@ -553,7 +591,7 @@ class Limits(_Spec):
 
 
 class Resources(_Spec):
-    cpus: float = Field(default=1.0, gt=0)
+    cpus: float = Field(default=1.0, ge=RESOURCE_STEP, description="Ray counts in 0.0001 steps.")
     gpus: float = Field(default=0.0, ge=0, description="Fractions below 1 share a GPU.")
 
     @field_validator("gpus")
@@ -561,6 +599,8 @@ class Resources(_Spec):
     def _check_gpus(cls, gpus: float) -> float:
         if gpus > 1 and not float(gpus).is_integer():
             raise ValueError(f"`gpus` above 1 must be a whole number, but got gpus={gpus}")
+        if 0 < gpus < RESOURCE_STEP:
+            raise ValueError(f"Ray counts GPUs in steps of {RESOURCE_STEP}, but got gpus={gpus}")
         return gpus
 
 
@@ -669,8 +709,9 @@ class StudyDefinition(_Spec):
     def _primary_objective(cls, data: Any) -> Any:
         """With ``objectives``, ``objective`` is their first one unless given (then it must be
         the same)."""
-        if isinstance(data, dict) and data.get("objectives") and "objective" not in data:
-            first = data["objectives"][0]
+        objectives = data.get("objectives") if isinstance(data, dict) else None
+        if isinstance(objectives, list) and objectives and "objective" not in data:
+            first = objectives[0]
             return {**data, "objective": first} if isinstance(first, dict | Objective) else data
         return data
 

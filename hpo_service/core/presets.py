@@ -36,10 +36,10 @@ def list_presets() -> dict[str, str]:
 
 def load_preset(name: str) -> dict[str, Any]:
     """The preset's document; raises ``NotFoundError`` naming the presets that exist."""
-    path = presets_dir() / f"{name}.yaml"
-    if "/" in name or "\\" in name or not path.is_file():
-        raise NotFoundError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
-    document = yaml.safe_load(path.read_text()) or {}
+    presets = list_presets()
+    if name not in presets:
+        raise NotFoundError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
+    document = yaml.safe_load((presets_dir() / f"{name}.yaml").read_text()) or {}
     if not isinstance(document, dict):
         raise DefinitionError("preset", f"preset {name!r} is not a mapping")
     return document
@@ -84,8 +84,9 @@ def parse_document(
 ) -> dict[str, Any]:
     """A YAML (or JSON, which is YAML) mapping, or strictly JSON with ``syntax="json"``.
 
-    Raises ``DefinitionError`` if it is not one, repeats a key within a mapping, or is nested
-    deeper than ``MAX_DEPTH`` or holds more than ``MAX_VALUES`` values.
+    Raises ``DefinitionError`` if it is not one, repeats a key within a mapping, is nested
+    deeper than ``MAX_DEPTH``, holds more than ``MAX_VALUES`` values, or holds a value that
+    JSON text cannot store (binary data, a lone surrogate).
     """
     too_deep = DefinitionError(source, f"is nested deeper than {MAX_DEPTH} levels")
     try:
@@ -116,37 +117,72 @@ def parse_document(
     if not isinstance(document, dict):
         kind = "an object" if syntax == "json" else "a mapping"
         raise DefinitionError(source, f"must be {kind}, but got {type(document).__name__}")
-    _check_size(document, too_deep, source)
+    _check_values(document, too_deep, source)
     return document
 
 
-def _check_size(document: Any, too_deep: DefinitionError, source: str) -> None:
-    """Refuse deep nesting (or a YAML alias that contains itself) and alias bombs, without
-    recursing."""
-    stack, seen = [(document, 1)], 0
+def _check_values(document: Any, too_deep: DefinitionError, source: str) -> None:
+    """Refuse deep nesting (or a YAML alias that contains itself), alias bombs, and values that
+    cannot be stored as JSON text: YAML's binary data, and text holding a lone surrogate (what a
+    JSON escape such as ``"\\ud800"`` gives); without recursing."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
+    seen = 0
     while stack:
-        node, depth = stack.pop()
+        node, path = stack.pop()
         seen += 1
         if seen > MAX_VALUES:
             raise DefinitionError(source, f"holds more than {MAX_VALUES} values")
         if isinstance(node, dict | list):
-            if depth > MAX_DEPTH:
+            if len(path) >= MAX_DEPTH:
                 raise too_deep
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if isinstance(key, str) and not _is_unicode(key):
+                    raise DefinitionError(_field(path, source), "has a key that is " + _NOT_UNICODE)
+                stack.append((child, (*path, key)))
+        elif isinstance(node, bytes):
+            raise DefinitionError(_field(path, source), "is binary data (YAML !!binary); give text")
+        elif isinstance(node, str) and not _is_unicode(node):
+            raise DefinitionError(_field(path, source), "is " + _NOT_UNICODE)
+
+
+_NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate such as \\ud800)"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _field(path: tuple[Any, ...], source: str) -> str:
+    """The dotted path of a value in the document, as errors name fields."""
+    return ".".join(str(key) for key in path) or source
+
+
+def read_document_file(
+    path: Path, source: str, syntax: Literal["yaml", "json"] = "yaml"
+) -> dict[str, Any]:
+    """The mapping in a file, as ``parse_document`` reads it; a ``DefinitionError`` naming
+    ``source`` if the file cannot be read (a pipe such as ``<(curl ...)`` can)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise DefinitionError(source, "no such file") from error
+    except IsADirectoryError as error:
+        raise DefinitionError(source, "is a directory, not a file") from error
+    except UnicodeDecodeError as error:
+        raise DefinitionError(source, "is not UTF-8 text") from error
+    except OSError as error:  # permissions, a special file
+        raise DefinitionError(source, f"cannot be read: {error.strerror}") from error
+    return parse_document(text, source=source, syntax=syntax)
 
 
 def read_definition_file(path: Path) -> dict[str, Any]:
     """The document in a YAML or JSON file, with relative dataset paths made absolute."""
-    if not path.is_file():
-        raise DefinitionError(str(path), "no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DefinitionError(str(path), "is not UTF-8 text") from error
-    except OSError as error:  # unreadable: permissions, a file gone since the check
-        raise DefinitionError(str(path), f"cannot be read: {error.strerror}") from error
-    document = parse_document(text, source=str(path))
+    document = read_document_file(path, source=str(path))
     return with_paths_relative_to(document, path.parent)
 
 
@@ -158,13 +194,18 @@ def with_paths_relative_to(document: dict[str, Any], base: Path) -> dict[str, An
     dataset = dict(dataset)
     for key in ("train", "eval"):
         value = dataset.get(key)
-        if (
-            isinstance(value, str)
-            and "\x00" not in value  # the definition's validation refuses it by name
-            and not Path(value).expanduser().is_absolute()
-        ):
+        if isinstance(value, str) and not _absolute(value):
             dataset[key] = str((base / value).resolve())
     return {**document, "dataset": dataset}
+
+
+def _absolute(value: str) -> bool:
+    """Whether a path is absolute once ``~`` is expanded; a path the definition's validation
+    refuses by name (a NUL byte, an unknown ``~user``) counts as absolute, and stays as given."""
+    try:
+        return "\x00" in value or Path(value).expanduser().is_absolute()
+    except RuntimeError:  # "~nosuchuser/..."
+        return True
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def bad_submissions(files: tuple[Path, Path]) -> dict[str, tuple[str, str, str]]
             "definition",
             sampler={"type": "grid"},
             limits={"trials": None},
-            parameters={"seed": {"type": "int", "low": 0, "high": 2**62}},
+            parameters={"batch_size": {"type": "int", "low": 1, "high": 2**62}},
         ),
         "grid-step-1e-300": json_case(
             files,
@@ -166,6 +166,48 @@ def bad_submissions(files: tuple[Path, Path]) -> dict[str, tuple[str, str, str]]
             yaml_case(files, "")[0] + "name: again\n",
             "application/yaml",
             "body",
+        ),
+        # "\ud800" in JSON is a lone surrogate: no UTF-8 text holds it, so nothing could store it.
+        "surrogate-in-description": json_case(files, "description", description="\ud800"),
+        "surrogate-in-label-field": json_case(
+            files, "dataset.label_field", dataset={"label_field": "\ud800"}
+        ),
+        "surrogate-in-train-path": json_case(
+            files, "dataset.train", dataset={"train": "tr\ud800.csv"}
+        ),
+        "surrogate-key-in-enqueue": json_case(files, "enqueue.0", enqueue=[{"\ud800": 1}]),
+        "yaml-binary-description": (
+            yaml_case(files, "")[0] + "description: !!binary aGVsbG8=\n",
+            "application/yaml",
+            "description",
+        ),
+        "trials-2**31": json_case(files, "limits.trials", limits={"trials": 2**31}),
+        "sampler-seed-2**63-1": json_case(
+            files, "sampler.seed", sampler={"type": "tpe", "seed": 2**63 - 1}
+        ),
+        "fixed-seed-2**40": json_case(files, "parameters.seed", parameters={"seed": 2**40}),
+        "cpus-1e-300": json_case(
+            files, "resources_per_trial.cpus", resources_per_trial={"cpus": 1e-300}
+        ),
+        "asha-reduction-factor-near-1": json_case(
+            files,
+            "early_stopping.reduction_factor",
+            early_stopping={"type": "asha", "reduction_factor": 1.0000000001},
+        ),
+        "objectives-as-a-mapping": json_case(
+            files, "objectives", objectives={"metric": "accuracy"}
+        ),
+        "train-path-name-300-long": json_case(
+            files, "dataset.train", dataset={"train": "a" * 300 + ".csv"}
+        ),
+        "model-path-name-300-long": json_case(
+            files, "model.name", model={"name": "/tmp/" + "a" * 300}
+        ),
+        "train-of-unknown-user": json_case(
+            files, "dataset.train", dataset={"train": "~no-such-user-here/train.csv"}
+        ),
+        "model-of-unknown-user": json_case(
+            files, "model.name", model={"name": "~no-such-user-here/model"}
         ),
         "model-folder-missing": json_case(files, "model.name", model={"name": "/no/such/model"}),
         "model-not-cached-offline": json_case(
@@ -237,6 +279,35 @@ def test_bad_paths_are_404_or_422(service: Service, method: str, path: str) -> N
     answer = service.client.request(method, path)
     assert answer.status_code in (200, 404, 422), answer.text
     assert stored(service) == before
+
+
+def test_an_unknown_preset_of_any_length_is_a_clear_answer(
+    service: Service, sentiment_files: tuple[Path, Path]
+) -> None:
+    for name in ("no-such-preset", "a" * 300):
+        answer = service.client.post("/v1/studies", json=definition(sentiment_files, preset=name))
+        assert answer.status_code in (404, 422), answer.text
+        assert "unknown preset" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/v1/studies/kept", 405, "DELETE, GET"),
+        ("DELETE", "/v1/studies", 405, "GET, POST"),
+        ("GET", "/v1/studies/kept/cancel", 405, "POST"),
+        ("GET", "/v1/no-such-endpoint", 404, None),
+        ("POST", "/v1/studies/kept/trials/0/more", 404, None),
+    ],
+)
+def test_an_api_path_no_endpoint_serves_answers_json(
+    service: Service, method: str, path: str, status: int, allow: str | None
+) -> None:
+    """Not the dashboard's HTML page that owns the other paths: the API's JSON errors."""
+    answer = service.client.request(method, path)
+    assert answer.status_code == status, answer.text
+    assert answer.headers.get("allow") == allow
+    assert answer.json()["detail"]
 
 
 def test_a_database_outage_is_a_503_and_the_service_recovers(

@@ -248,8 +248,48 @@ BAD_DEFINITIONS = [
     ),
     pytest.param(
         {"limits": {"trials": 2**63}},
-        ("limits.trials", "9223372036854775807", str(2**63)),
+        ("limits.trials", "1000000", str(2**63)),
         id="trials-past-int64",
+    ),
+    pytest.param(
+        {"limits": {"trials": 1_000_001}},
+        ("limits.trials", "1000000", "1000001"),
+        id="trials-past-the-most",
+    ),
+    pytest.param(
+        {"sampler": {"type": "tpe", "seed": 2**32}},
+        ("sampler.seed", "4294967295", str(2**32)),
+        id="sampler-seed-past-uint32",
+    ),
+    pytest.param(
+        {"parameters": {"seed": {"type": "int", "low": 0, "high": 2**32}}},
+        ("parameters.seed", "4294967295", str(2**32)),
+        id="searched-seed-past-uint32",
+    ),
+    pytest.param(
+        {"resources_per_trial": {"cpus": 0.00001}},
+        ("resources_per_trial.cpus", "0.0001"),
+        id="cpus-below-what-ray-counts",
+    ),
+    pytest.param(
+        {"early_stopping": {"type": "hyperband", "reduction_factor": 1.0001}},
+        ("early_stopping.reduction_factor", "1.1"),
+        id="reduction-factor-near-1",
+    ),
+    pytest.param(
+        {"objectives": {"metric": "accuracy"}},
+        ("objectives", "list"),
+        id="objectives-as-a-mapping",
+    ),
+    pytest.param(
+        {"dataset": {"train": "~no-such-user-here/train.csv"}},
+        ("dataset.train", "~no-such-user-here", "home folder"),
+        id="path-of-an-unknown-user",
+    ),
+    pytest.param(
+        {"model": {"name": "/models/" + "m" * 256}},
+        ("model.name", "255 bytes a name"),
+        id="path-name-too-long",
     ),
     pytest.param(
         {"sampler": {"type": "random", "seed": -(2**63) - 1}},
@@ -275,9 +315,9 @@ BAD_DEFINITIONS = [
     pytest.param(
         {
             "sampler": {"type": "grid"},
-            "parameters": {"seed": {"type": "int", "low": 0, "high": 2**62}},
+            "parameters": {"batch_size": {"type": "int", "low": 1, "high": 2**62}},
         },
-        ("grid search allows at most", "seed"),
+        ("grid search allows at most", "batch_size"),
         id="grid-too-large",
     ),
     pytest.param(
@@ -499,11 +539,15 @@ def test_unknown_preset_names_the_known_ones() -> None:
         assert name in message
 
 
-def test_largest_storable_integers_are_accepted() -> None:
-    seeded = definition(sampler={"type": "tpe", "seed": 2**63 - 1}, limits={"trials": 2**63 - 1})
-    assert seeded.sampler.seed == 2**63 - 1 and seeded.n_trials == 2**63 - 1
+def test_the_largest_seed_and_trial_count_are_accepted() -> None:
+    seeded = definition(
+        sampler={"type": "tpe", "seed": 2**32 - 1},
+        limits={"trials": 1_000_000},
+        parameters={"seed": {"type": "int", "low": 0, "high": 2**32 - 1}},
+    )
+    assert seeded.sampler.seed == 2**32 - 1 and seeded.n_trials == 1_000_000
 
 
 def test_a_huge_int_range_is_fine_outside_a_grid() -> None:
-    spec = definition(parameters={"seed": {"type": "int", "low": 0, "high": 2**62}})
-    assert spec.parameters.searched()["seed"].high == 2**62
+    spec = definition(parameters={"batch_size": {"type": "int", "low": 1, "high": 2**62}})
+    assert spec.parameters.searched()["batch_size"].high == 2**62
