@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -172,7 +173,10 @@ def gate(
 
     if on not in STATISTICS:
         raise HpoError(f"--on must be one of {', '.join(STATISTICS)}, not {on!r}")
-    before = json.loads(baseline.read_text()) if baseline is not None else None
+    for option, number in (("--min", minimum), ("--max", maximum), ("--max-drop", max_drop)):
+        if number is not None and not math.isfinite(number):
+            raise HpoError(f"{option} must be a finite number, not {number}")
+    before = _read_baseline(baseline) if baseline is not None else None
     if server and not database_url:
         status, best_document = _status_and_best_from_server(study, server, token)
     else:
@@ -190,6 +194,24 @@ def gate(
     )
     (out if verdict.passed else err).print(verdict.message, highlight=False, markup=False)
     raise typer.Exit(0 if verdict.passed else 1)
+
+
+def _read_baseline(path: Path) -> dict[str, Any]:
+    """A best-config document from a file, checked to hold what the gate reads of it."""
+    from pydantic import ValidationError
+
+    from hpo_service.core.definition import error_items
+    from hpo_service.core.gate import BestConfig
+    from hpo_service.core.presets import read_document_file
+
+    source = f"--baseline {path}"
+    document = read_document_file(path, source=source, syntax="json")
+    try:
+        BestConfig.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(f"{field}: {problem}" for field, problem in error_items(error))
+        raise HpoError(f"{source}: not a best-config document: {problems}") from error
+    return document
 
 
 def _status_and_best_from_server(

@@ -13,11 +13,38 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from hpo_service.core.definition import LOWER_IS_BETTER
 
 FLOAT_SLACK = 1e-9  # 0.92 - 0.90 is 0.0200000000000000018 in floats: still within 0.02
 Statistic = Literal["mean", "mean-std", "worst"]
 STATISTICS: tuple[Statistic, ...] = ("mean", "mean-std", "worst")
+
+
+class _Numbers(BaseModel):
+    model_config = ConfigDict(strict=True)  # a number, not text that reads as one
+
+
+class SeedSpread(_Numbers):
+    """A metric over a confirmation stage's fresh seeds."""
+
+    mean: float
+    std: float
+    worst: float
+    scores: list[float]
+
+
+class ConfirmationSection(_Numbers):
+    metrics: dict[str, SeedSpread] = Field(default_factory=dict)
+
+
+class BestConfig(_Numbers):
+    """What the gate reads of a best-config document of any schema version (the rest is not its
+    business): every metric, and each one's spread after a confirmation stage."""
+
+    metrics: dict[str, float | None]
+    confirmation: ConfirmationSection | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,11 @@ class Measured:
         if which == "mean-std":
             return self.mean + self.std if lower_is_better else self.mean - self.std
         return self.mean
+
+    @property
+    def is_finite(self) -> bool:
+        """False for a NaN (no comparison with it is true, so it would pass) or an infinity."""
+        return all(math.isfinite(x) for x in (self.mean, self.std, self.worst))
 
     def shown(self) -> str:
         if self.seeds == 1:
@@ -84,6 +116,8 @@ def judge(
     label = name if measured.seeds == 1 or statistic == "mean" else f"{name} ({statistic})"
     shown = f"study {study} trial {best['trial']}: {name} {measured.shown()}"
     judged = f"{shown}: {label} {value:.4f}" if measured.seeds > 1 else shown
+    if not measured.is_finite:
+        return Verdict(False, f"{shown} is not a finite number")
     if minimum is not None and value < minimum:
         return Verdict(False, f"{judged} is below the minimum {minimum}")
     if maximum is not None and value > maximum:
@@ -96,6 +130,8 @@ def judge(
         before = Measured.read(baseline, name)
         if before is None:
             return Verdict(False, f"the baseline has no metric {name!r}")
+        if not before.is_finite:
+            return Verdict(False, f"the baseline's {name} {before.shown()} is not a finite number")
         drop = (measured.mean - before.mean) if lower_is_better else (before.mean - measured.mean)
         noise = math.hypot(measured.std, before.std)
         allowed = max_drop + noise

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hpo_service.core.gate import judge
+from hpo_service.core.gate import BestConfig, judge
 
 
 def best(accuracy: float = 0.9, eval_loss: float = 0.3) -> dict[str, Any]:
@@ -94,3 +94,24 @@ def test_against_a_confirmed_baseline_noise_alone_never_fails_a_pipeline() -> No
     assert not verdict.passed and "by 0.0800, more than --max-drop 0.01 + noise" in verdict.message
     # Without spreads on either side, the old rule: the drop alone against --max-drop.
     assert not judge("s", "completed", best(0.86), baseline=best(0.88)).passed
+
+
+def test_a_metric_that_is_not_a_number_never_passes() -> None:
+    nan = float("nan")
+    verdict = judge("s", "completed", best(nan), minimum=0.9)
+    assert not verdict.passed and "accuracy nan is not a finite number" in verdict.message
+    verdict = judge("s", "completed", best(eval_loss=nan), metric="eval_loss", maximum=0.5)
+    assert not verdict.passed
+    verdict = judge("s", "completed", best(0.9), baseline=best(nan))
+    assert not verdict.passed and "the baseline's accuracy nan is not a finite number" in (
+        verdict.message
+    )
+    spread_unknown = confirmed([0.90, 0.88])
+    spread_unknown["confirmation"]["metrics"]["accuracy"]["std"] = nan  # the noise allowance
+    assert not judge("s", "completed", best(0.9), baseline=spread_unknown).passed
+
+
+def test_every_kind_of_best_config_document_is_a_baseline() -> None:
+    BestConfig.model_validate(best())
+    BestConfig.model_validate(confirmed([0.90, 0.86, 0.88]))
+    BestConfig.model_validate({**best(), "confirmation": None, "metrics": {"train_seconds": None}})

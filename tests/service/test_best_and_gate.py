@@ -139,6 +139,75 @@ def gate(url: str, *args: str) -> tuple[int, str]:
     return hpo("gate", *args, "--database-url", url)
 
 
+def assert_usage_error(code: int, output: str, *expected: str) -> None:
+    """Exit 2 (a broken invocation, not a failed gate) with one line naming what is wrong."""
+    assert code == 2, output
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1, output
+    for text in expected:
+        assert text in output, output
+
+
+# Where the gate reads the study: the database, or a service (none listens there: the baseline
+# and the options are checked before either is asked).
+SOURCES = {
+    "database": ["--database-url", "sqlite:///{tmp}/hpo.db"],
+    "server": ["--server", "http://127.0.0.1:9"],
+}
+SPREAD = {"mean": 0.9, "std": 0.01, "worst": 0.89, "scores": [0.89, 0.9, 0.91]}
+
+
+def confirmed_baseline(accuracy: dict[str, object]) -> bytes:
+    document = {"metrics": {"accuracy": 0.9}, "confirmation": {"metrics": {"accuracy": accuracy}}}
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file"),
+        ("a folder", "is a directory"),
+        (b"accuracy: 0.9\n", "not valid JSON"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b"[]", "must be an object, but got list"),
+        (b"{}", "metrics: Field required"),
+        (b'{"metrics": 5}', "metrics: Input should be a valid dictionary"),
+        (
+            confirmed_baseline({k: v for k, v in SPREAD.items() if k != "scores"}),
+            "confirmation.metrics.accuracy.scores: Field required",
+        ),
+        (
+            confirmed_baseline({**SPREAD, "mean": "0.9"}),  # text, even text that reads as one
+            "confirmation.metrics.accuracy.mean: Input should be a valid number",
+        ),
+        (b'{"metrics": {"accuracy": "high"}}', "metrics.accuracy: Input should be a valid number"),
+    ],
+)
+def test_a_baseline_that_is_not_a_best_config_document_is_a_usage_error(
+    content: bytes | str | None, expected: str, source: str, tmp_path: Path
+) -> None:
+    baseline = tmp_path / "best.json"
+    if content == "a folder":
+        baseline.mkdir()
+    elif isinstance(content, bytes):
+        baseline.write_bytes(content)
+    where = [arg.format(tmp=tmp_path) for arg in SOURCES[source]]
+    code, output = hpo("gate", "tuned", "--baseline", str(baseline), *where)
+    assert_usage_error(code, output, f"--baseline {baseline}: ", expected)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    "option", [["--min", "nan"], ["--max", "nan"], ["--max-drop", "nan"], ["--min", "-inf"]]
+)
+def test_a_threshold_that_is_not_a_finite_number_is_a_usage_error(
+    option: list[str], source: str, tmp_path: Path
+) -> None:
+    where = [arg.format(tmp=tmp_path) for arg in SOURCES[source]]
+    code, output = hpo("gate", "tuned", *option, *where)
+    assert_usage_error(code, output, f"{option[0]} must be a finite number, not {option[1]}")
+
+
 def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> None:
     url, _ = finished
     accuracy = json.loads(hpo("best", "tuned", "--database-url", url)[1])["metrics"]["accuracy"]
@@ -170,6 +239,19 @@ def test_the_gate_fails_on_a_regression_from_a_baseline(finished: tuple[str, Pat
     assert code == 0, output
     baseline.write_text(json.dumps(best))  # the same as now: no drop
     assert gate(url, "tuned", "--baseline", str(baseline))[0] == 0
+
+
+def test_a_broken_baseline_or_threshold_against_a_completed_study_is_a_usage_error(
+    finished: tuple[str, Path],
+) -> None:
+    url, folder = finished
+    baseline = folder / "broken.json"
+    for content in (b"[]", b'{"metrics": {"accuracy": "high"}}', confirmed_baseline({})):
+        baseline.write_bytes(content)
+        code, output = gate(url, "tuned", "--baseline", str(baseline))
+        assert_usage_error(code, output, f"--baseline {baseline}: ")
+    code, output = gate(url, "tuned", "--min", "nan")  # no comparison with NaN is true
+    assert_usage_error(code, output, "--min must be a finite number, not nan")
 
 
 def test_the_gate_fails_on_an_unfinished_or_missing_study(finished: tuple[str, Path]) -> None:
