@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hpo_service.api.errors import error_response
+from hpo_service.api.routes import read_body
 from hpo_service.core.errors import StorageError
 from hpo_service.core.records import Scope as TokenScope
 from hpo_service.db.store import Store
@@ -26,6 +27,7 @@ from hpo_service.service.tokens import scope_of_secret
 
 COOKIE = "hpo_token"
 OPEN_PATHS = {"/healthz", "/readyz", "/login", "/logout"}
+LOGIN_BODY_BYTES = 4096  # a token and a path to go back to; the form is open to anyone
 
 
 def auth_required(host: str, setting: str) -> bool:
@@ -133,7 +135,8 @@ def _login_form(target: str, failed: bool) -> HTMLResponse:
 
 @login_router.post("/login")
 async def login(request: Request) -> Response:
-    form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+    body = await read_body(request, LOGIN_BODY_BYTES)
+    form = parse_qs(body.decode("utf-8", errors="replace"))
     secret = form.get("token", [""])[0].strip()
     target = _local(form.get("next", ["/dashboard"])[0])
     store: Store = request.app.state.store

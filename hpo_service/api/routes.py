@@ -111,7 +111,7 @@ async def create_study(
     request: Request, response: Response, store: StoreDep, settings: SettingsDep
 ) -> StudySummary:
     """Queue a study; it starts when a slot is free, in order of submission."""
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     document = _parse_body(body, request.headers.get("content-type", ""))
     record = await run_in_threadpool(submit_study, document, store, settings)
     scheduler = getattr(request.app.state, "scheduler", None)
@@ -121,7 +121,9 @@ async def create_study(
     return StudySummary.of(record, None)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body; ``PayloadTooLargeError`` (413) past ``limit`` bytes, declared or
+    streamed."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")

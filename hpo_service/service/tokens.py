@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
+from hpo_service.core.definition import NAME_PATTERN
+from hpo_service.core.errors import HpoError
 from hpo_service.core.records import Scope, TokenRecord
 from hpo_service.db.store import Store
 
@@ -18,7 +21,13 @@ def hash_secret(secret: str) -> str:
 
 
 def create_token(store: Store, name: str, scope: Scope) -> tuple[TokenRecord, str]:
-    """A new token and its secret (the only time the secret is seen)."""
+    """A new token and its secret (the only time the secret is seen). Its name follows the
+    rule of study names: letters, digits, `.`, `_` and `-`, up to 128."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise HpoError(
+            f"a token's name takes letters, digits, '.', '_' and '-' (up to 128, the first a "
+            f"letter or digit), but got {name[:40]!r}" + ("..." if len(name) > 40 else "")
+        )
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     record = store.add_token(name, hash_secret(secret), secret[:PREFIX_LENGTH], scope)
     return record, secret

@@ -280,6 +280,14 @@ def test_login_without_a_token_sets_no_cookie(browser: httpx.Client) -> None:
     assert "set-cookie" not in answer.headers
 
 
+def test_the_open_login_form_takes_no_large_body(server: Server, browser: httpx.Client) -> None:
+    """Anyone may post to /login: it reads a token and a path, not megabytes."""
+    token = server.secrets["read"]
+    answer = browser.post("/login", data={"token": token, "next": "/dashboard" + "x" * 10_000})
+    assert answer.status_code == 413 and "set-cookie" not in answer.headers
+    assert answer.json()["detail"]
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -382,3 +390,7 @@ def test_token_commands(server: Server) -> None:
     assert unknown.returncode != 0 and "no-such-token" in unknown.stdout + unknown.stderr
     duplicate = hpo("token", "create", "read-token", *url)
     assert duplicate.returncode != 0 and duplicate.stdout == ""
+    for bad_name in ("", "a" * 129, "ci runner", ".ci"):
+        refused_name = hpo("token", "create", bad_name, *url)
+        assert refused_name.returncode == 2 and refused_name.stdout == "", bad_name
+        assert "token's name" in refused_name.stderr and "Traceback" not in refused_name.stderr
