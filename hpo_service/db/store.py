@@ -306,8 +306,10 @@ class Store:
         return [(end - start).total_seconds() for start, end in rows]
 
     def delete_study(self, name: str) -> None:
+        """Delete a study and its trials; ``NotFoundError`` if it is gone, also when another
+        caller deleted it meanwhile (the row is locked until this one commits)."""
         with self._session(write=True) as session:
-            session.delete(self._study_row(session, name))
+            session.delete(self._study_row(session, name, for_update=True))
 
     # --- trials ----------------------------------------------------------------------------------
 

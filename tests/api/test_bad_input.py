@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,18 @@ def test_an_api_path_no_endpoint_serves_answers_json(
     assert answer.status_code == status, answer.text
     assert answer.headers.get("allow") == allow
     assert answer.json()["detail"]
+
+
+def test_one_of_many_concurrent_deletes_of_a_study_deletes_it(
+    service: Service, sentiment_files: tuple[Path, Path]
+) -> None:
+    store_finished_study(service.database_url, sentiment_files, "doomed")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: service.client.delete("/v1/studies/doomed").status_code, range(8))
+        )
+    assert sorted(answers) == [204] + [404] * 7, answers
+    assert [s["name"] for s in stored(service)] == ["kept"]
 
 
 def test_a_database_outage_is_a_503_and_the_service_recovers(
