@@ -36,10 +36,10 @@ def list_presets() -> dict[str, str]:
 
 def load_preset(name: str) -> dict[str, Any]:
     """The preset's document; raises ``NotFoundError`` naming the presets that exist."""
-    presets = list_presets()
-    if name not in presets:
-        raise NotFoundError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
-    document = yaml.safe_load((presets_dir() / f"{name}.yaml").read_text()) or {}
+    path = presets_dir() / f"{name}.yaml"
+    if path not in set(presets_dir().glob("*.yaml")):  # a listing: no lookup of what was sent
+        raise NotFoundError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+    document = yaml.safe_load(path.read_text()) or {}
     if not isinstance(document, dict):
         raise DefinitionError("preset", f"preset {name!r} is not a mapping")
     return document
