@@ -148,7 +148,9 @@ def test_held_out_split_keeps_a_label_with_one_example_in_train(tmp_path: Path) 
             data = load_labelled_data(DatasetSpec(train=train, eval_fraction=0.25))
             assert data.label_names == ["a", "b", "c"]
             assert set(data.train["label"]) == {0, 1, 2}, (n, position)
-            assert 1 <= len(data.eval) <= round((n + 1) * 0.25)
+            share = round((n + 1) * 0.25)  # less the 'c' row where the split drew it
+            assert 2 not in set(data.eval["label"]), (n, position)
+            assert share - 1 <= len(data.eval) <= share, (n, position)
             assert len(data.train) + len(data.eval) == n + 1
 
 
