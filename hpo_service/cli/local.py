@@ -150,12 +150,12 @@ def gate(
         Path | None, typer.Option(help="A previous best-config JSON to compare with.")
     ] = None,
     max_drop: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="How much worse than --baseline still passes, on top of the noise both "
-            "documents' confirmation seeds show."
+            "documents' confirmation seeds show (default 0)."
         ),
-    ] = 0.0,
+    ] = None,
     on: Annotated[
         str,
         typer.Option(
@@ -176,6 +176,10 @@ def gate(
     for option, number in (("--min", minimum), ("--max", maximum), ("--max-drop", max_drop)):
         if number is not None and not math.isfinite(number):
             raise HpoError(f"{option} must be a finite number, not {number}")
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise HpoError(f"--min {minimum} is above --max {maximum}: no value could pass")
+    if max_drop is not None and baseline is None:
+        raise HpoError("--max-drop needs a --baseline to compare with")
     before = _read_baseline(baseline) if baseline is not None else None
     if server and not database_url:
         status, best_document = _status_and_best_from_server(study, server, token)
@@ -189,7 +193,7 @@ def gate(
         minimum,
         maximum,
         before,
-        max_drop,
+        max_drop or 0.0,
         on,  # type: ignore[arg-type]
     )
     (out if verdict.passed else err).print(verdict.message, highlight=False, markup=False)

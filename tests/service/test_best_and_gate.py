@@ -208,6 +208,23 @@ def test_a_threshold_that_is_not_a_finite_number_is_a_usage_error(
     assert_usage_error(code, output, f"{option[0]} must be a finite number, not {option[1]}")
 
 
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--min", "0.9", "--max", "0.8"], "--min 0.9 is above --max 0.8: no value could pass"),
+        (["--max-drop", "0.01"], "--max-drop needs a --baseline to compare with"),
+        (["--max-drop", "0"], "--max-drop needs a --baseline to compare with"),
+    ],
+)
+def test_options_that_cannot_judge_anything_are_a_usage_error(
+    options: list[str], expected: str, source: str, tmp_path: Path
+) -> None:
+    where = [arg.format(tmp=tmp_path) for arg in SOURCES[source]]
+    code, output = hpo("gate", "tuned", *options, *where)
+    assert_usage_error(code, output, expected)
+
+
 def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> None:
     url, _ = finished
     accuracy = json.loads(hpo("best", "tuned", "--database-url", url)[1])["metrics"]["accuracy"]
@@ -219,6 +236,10 @@ def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> 
     assert code == 1 and "above the maximum" in output
     # One run has no spread: its worst seed is its value.
     assert gate(url, "tuned", "--min", str(accuracy - 0.01), "--on", "worst")[0] == 0
+    # A band around the value passes, and --min equal to --max is a band of one value.
+    band = ["--min", str(accuracy - 0.01), "--max", str(accuracy + 0.01)]
+    assert gate(url, "tuned", *band)[0] == 0
+    assert gate(url, "tuned", "--min", str(accuracy), "--max", str(accuracy))[0] == 0
     code, output = gate(url, "tuned", "--min", "0", "--on", "median")
     assert code == 2 and "--on must be one of mean, mean-std, worst" in output
     assert "Traceback" not in output
