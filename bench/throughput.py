@@ -64,7 +64,7 @@ from hpo_service.data import load_labelled_data
 from hpo_service.training import engine
 from hpo_service.training.batches import TensorSplit, steps_per_epoch
 from hpo_service.training.engine import TrialSetup
-from hpo_service.training.fused import FusedTrainer, stacks_on
+from hpo_service.training.fused import FusedTrainer, MemberState, stacks_on
 from hpo_service.training.modeling import (
     load_config,
     load_model,
@@ -453,13 +453,19 @@ def engine_run(
 def fused_run(
     setup: TrialSetup, configs: list[dict[str, Any]], device: torch.device, stacked: bool
 ) -> Run:
-    """``len(configs)`` trials as one ``FusedTrainer`` group, stepped until all finished."""
+    """``len(configs)`` trials as one ``FusedTrainer`` group, stepped until all finished. Each
+    member's state at an epoch's end goes to a file as soon as it is built, as the service hands
+    it to Ray's object store for its trial's checkpoint."""
     data = setup.data
     per_epoch = steps_per_epoch(len(data.train), configs[0]["batch_size"], 1)
     accuracies: dict[str, float] = {}
-    with peak_memory(device) as memory:
+    with peak_memory(device) as memory, tempfile.TemporaryDirectory() as states:
+
+        def keep_state(state: MemberState) -> None:
+            torch.save(state, Path(states) / "state.pt")
+
         clock = Clock(device)
-        fused = FusedTrainer(setup, device, stacked)
+        fused = FusedTrainer(setup, device, stacked, keep_state)
         for i, config in enumerate(configs):
             fused.add(f"trial-{i}", config)
         clock.loaded()

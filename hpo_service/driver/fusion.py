@@ -7,7 +7,9 @@ stand-in, which leaves the group; the freed slot takes the next trial.
 
 With checkpoints on, each epoch's report reaches Ray with the member's state as the trial's
 checkpoint, as an unfused trial's does: a trial cut off by a crash rejoins a group from its last
-finished epoch.
+finished epoch. The worker puts each state in Ray's object store as soon as it is built (which
+spills to disk when full), and the stand-in frees it once saved: members that end an epoch
+together never hold all their states in the worker's memory.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class FusionGroup:
             if len(self._training) >= self._capacity or (self._training and key != self._key):
                 return False
             if self._trainer is None:
-                self._trainer = FusedTrainer(self._setup)
+                self._trainer = FusedTrainer(self._setup, keep_state=ray.put)
             self._trainer.add(member, config, state)
             self._key = key
             self._training.add(member)
@@ -72,9 +74,9 @@ class FusionGroup:
                 threading.Thread(target=self._train, daemon=True).start()
             return True
 
-    def next_report(self, member: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-        """The member's next epoch report and its state (``None`` without checkpoints);
-        ``None`` once it has run all its epochs."""
+    def next_report(self, member: str) -> tuple[dict[str, Any], ray.ObjectRef | None] | None:
+        """The member's next epoch report and its state, in Ray's object store (``None``
+        without checkpoints); ``None`` once it has run all its epochs."""
         reports = self._reports.get(member)
         if reports is None:
             return None
@@ -136,11 +138,12 @@ def fused_member_trial(
     worker = _join(workers, member, config, state)
     try:
         while (ended := ray.get(worker.next_report.remote(member))) is not None:
-            report, state = ended
-            if saved is None or state is None:
+            report, state_ref = ended
+            if saved is None or state_ref is None:
                 tune.report(report)
                 continue
-            saved.save(state)
+            saved.save(ray.get(state_ref))
+            del ended, state_ref  # the last references: the store frees the state now
             saved.report(report)
     finally:
         ray.get(worker.leave.remote(member))

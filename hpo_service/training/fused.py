@@ -15,6 +15,9 @@ so a group runs interleaved there: :func:`stacks_on`.
 
 With checkpoints on (``TrialSetup.checkpoints``), each member's epoch report comes with its
 state (:data:`MemberState`): weights, AdamW moments, step and, interleaved, its random stream.
+Members stepped together end their epochs in the same step; each state is handed to
+``keep_state`` (e.g. Ray's object store, or a file) before the next one is built, so one state
+at a time exists in the trainer's memory, not one per member.
 A member added with such a state goes on from that epoch, in either mode: interleaved, exactly
 as it would have without the break; stacked, with other dropout masks (the group shares one
 random stream), so as closely as a stacked member matches its run alone.
@@ -77,11 +80,12 @@ MemberState = dict[str, Any]
 
 
 class EpochEnd(NamedTuple):
-    """A member's finished epoch: its report, and its state when the group saves them."""
+    """A member's finished epoch: its report, and when the group saves states, what the
+    trainer's ``keep_state`` made of its state (the state itself by default)."""
 
     member: str
     report: dict[str, Any]
-    state: MemberState | None
+    state: Any
 
 
 @dataclass
@@ -182,15 +186,20 @@ def _rng_state(model: torch.nn.Module) -> list[torch.Tensor]:
 class FusedTrainer:
     """Trains a changing group of trials of one study together: stacked (one model of all
     members) or interleaved (one member's step after another); ``stacked=None`` chooses by the
-    device (:func:`stacks_on`)."""
+    device (:func:`stacks_on`). With checkpoints on, each member's state at the end of an epoch
+    goes to ``keep_state`` as soon as it is built, and its epoch's report carries what that
+    returns (by default the state itself, so every member ending its epoch in one step holds
+    its state at once)."""
 
     def __init__(
         self,
         setup: TrialSetup,
         device: torch.device | None = None,
         stacked: bool | None = None,
+        keep_state: Callable[[MemberState], Any] | None = None,
     ) -> None:
         self.setup = setup
+        self.keep_state = keep_state or (lambda state: state)
         default_device, dtype = device_and_autocast()
         self.device = device or default_device
         self.stacked = stacks_on(self.device) if stacked is None else stacked
@@ -343,8 +352,12 @@ class FusedTrainer:
             report = epoch_report(
                 self.setup.metric, scores, epoch, member.epochs, train_loss, seconds
             )
-            state = self._state(member, epoch, report) if self.setup.checkpoints else None
-            reports.append(EpochEnd(member.name, report, state))
+            kept = (
+                self.keep_state(self._state(member, epoch, report))
+                if self.setup.checkpoints
+                else None
+            )
+            reports.append(EpochEnd(member.name, report, kept))
             if epoch >= member.epochs:
                 self.remove(member.name)
         return reports

@@ -266,6 +266,34 @@ def test_a_group_without_checkpoints_saves_no_state(setup: TrialSetup, stacked: 
     assert states == {"a": [None, None]}
 
 
+def test_members_ending_an_epoch_together_hand_off_their_states_one_at_a_time(
+    setup: TrialSetup, stacked: bool, tmp_path: Path
+) -> None:
+    """Each state goes to ``keep_state`` before the next is built: the trainer never holds
+    every member's state at once (that would cost a model and two moments per member)."""
+    handed: list[Path] = []
+    last: list[weakref.ref[torch.Tensor]] = []
+
+    def keep_state(state: MemberState) -> Path:
+        # The state handed off before this one is gone already: nothing in the trainer kept it.
+        assert all(ref() is None for ref in last), "an earlier state is still held"
+        last[:] = [weakref.ref(t) for t in state["model"].values()]
+        path = tmp_path / f"state-{len(handed)}.pt"
+        torch.save(state, path)
+        handed.append(path)
+        return path
+
+    states: dict[str, list[Any]] = {}
+    trainer = FusedTrainer(setup, CPU, stacked, keep_state=keep_state)
+    reports = run_group(
+        trainer, {n: {**CONFIGS[n], "num_train_epochs": 1} for n in "ab"}, states=states
+    )
+    assert states == {"a": [handed[0]], "b": [handed[1]]}  # both ended epoch 1 in one step
+    for name, [path] in states.items():
+        saved = torch.load(path, weights_only=True)
+        assert saved["report"] == reports[name][0] and saved["epoch"] == 1
+
+
 def test_fusion_key_mismatch_is_a_clear_error(setup: TrialSetup, stacked: bool) -> None:
     assert fusion_key({"batch_size": 16}) == fusion_key({"batch_size": 16, "seed": 7})
     assert fusion_key({"batch_size": 16}) != fusion_key({"batch_size": 32})
