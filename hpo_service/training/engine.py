@@ -214,6 +214,27 @@ def epoch_report(
     }
 
 
+class TrainingDiverged(RuntimeError):
+    """An epoch ended with a loss or a score that is not a finite number."""
+
+
+def check_finite(report: dict[str, Any]) -> None:
+    """Raise ``TrainingDiverged`` (its trial fails, saying why) if ``report``, an
+    :func:`epoch_report`, has a loss or a score that is NaN or infinite: the training diverged
+    (a learning rate too high for the model, or an overflow in bf16), its scores mean nothing,
+    and going on would spend the device on NaNs."""
+    bad = [
+        f"{name} {report[name]}"
+        for name in ("train_loss", *METRICS)
+        if isinstance(report.get(name), float) and not math.isfinite(report[name])
+    ]
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged at epoch {report['epoch']}: {', '.join(bad)} "
+            "(a lower learning_rate or a max_grad_norm may help)"
+        )
+
+
 def device_and_autocast() -> tuple[torch.device, torch.dtype | None]:
     """CUDA with bf16 autocast where the GPU has bf16 (float32 otherwise), else the CPU in
     float32."""
@@ -370,6 +391,7 @@ def train(
                 train_loss,
                 time.perf_counter() - started,
             )
+            check_finite(result)
             if checkpoints is not None:
                 checkpoints.save(_state(model, optimizer, scheduler, epoch, step, result))
             report(result)

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from helpers import optuna_trials, run, tiny_study
 from optuna.trial import TrialState as OptunaState
+from tiny_models import save_tiny_model
 
 from hpo_service.core.errors import AlreadyExistsError, DefinitionError
 from hpo_service.core.presets import resolve_definition
@@ -213,6 +214,33 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(
     assert store.best_trial("failing-study").number == by_rate[1e-3].number
     states = {t.number: t.state for t in optuna_trials(sqlite_url, "failing-study")}
     assert states[by_rate[1e-8].number] == OptunaState.FAIL
+
+
+@pytest.mark.parametrize("fuse", [1, 2], ids=["alone", "fused"])
+def test_a_diverged_trial_fails_saying_so_and_the_study_goes_on(
+    fuse: int, sentiment_files: tuple[Path, Path], sqlite_url: str, tmp_path: Path
+) -> None:
+    """NaN losses end the trial at that epoch (Optuna refuses a NaN objective: told as
+    complete, it used to raise in the searcher and end the whole study)."""
+    model = save_tiny_model("bert", tmp_path / "overflowing", overflowing=True)
+    document = tiny_study(
+        "diverging",
+        model,
+        sentiment_files,
+        parameters={"learning_rate": {"type": "categorical", "choices": [1e-3, 1e-4]}},
+        objective={"metric": "eval_loss"},
+        sampler={"type": "grid"},
+        limits={"trials": None, "max_failed_trials": None},
+        execution={"fuse_trials": fuse},
+    )
+    status, store = run(document, sqlite_url, tmp_path)
+
+    assert status == StudyStatus.COMPLETED
+    trials = store.trials("diverging")
+    assert [t.state for t in trials] == [TrialState.FAILED] * 2
+    for trial in trials:
+        assert "training diverged at epoch 1: train_loss nan" in (trial.error or ""), trial.error
+    assert [t.state for t in optuna_trials(sqlite_url, "diverging")] == [OptunaState.FAIL] * 2
 
 
 def test_failed_trial_limit_stops_the_study(

@@ -22,6 +22,7 @@ from hpo_service.training.batches import TensorData, batches_of, steps_per_epoch
 from hpo_service.training.engine import (
     METRICS,
     StepTrace,
+    TrainingDiverged,
     TrialHyper,
     TrialSetup,
     evaluate,
@@ -268,3 +269,15 @@ def test_distilbert_trains_without_token_type_ids(tiny_models: dict[str, Path], 
     assert data.train.token_type_ids is not None  # the tokenizer makes them; the model has none
     reports, _ = run(TrialSetup(spec, "f1", data), {"num_train_epochs": 1})
     assert reports[0]["objective"] == reports[0]["f1"]
+
+
+def test_a_diverged_training_fails_at_its_first_nan_epoch_without_reporting_it(
+    tmp_path: Path, setup: TrialSetup
+) -> None:
+    folder = save_tiny_model("bert", tmp_path / "overflowing", overflowing=True)
+    model = ModelSpec(name=str(folder))
+    diverging = replace(setup, model=model)
+    reports: list[dict[str, Any]] = []
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at epoch 1: train_loss nan"):
+        train(diverging, {"num_train_epochs": 3}, reports.append, CPU)
+    assert reports == []  # no NaN scores reach the tables, Optuna or the schedulers

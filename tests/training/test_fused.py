@@ -309,7 +309,7 @@ def test_a_group_keeps_a_finished_members_reports_until_its_trial_takes_them(
 ) -> None:
     """A trial that asks for its reports late (it was still reporting an earlier epoch when the
     group finished it) gets every epoch, then the end: it never ends short of its epochs."""
-    group = FusionGroup(setup)
+    group = FusionGroup(setup, keep_state=None)
     group.configure(1)
     assert group.join("a", CONFIGS["a"])
     # Other shapes join only a group whose members all finished: "a" has, once this is taken.
@@ -323,6 +323,35 @@ def test_a_group_keeps_a_finished_members_reports_until_its_trial_takes_them(
     assert_same_run([report for report, _ in ended], alone(CONFIGS["a"]), exact=True)
     group.leave("a")
     assert group.next_report("a") is None
+
+
+def test_a_member_whose_training_diverges_fails_alone(
+    setup: TrialSetup, alone: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its trial gets the error at the epoch that went NaN and leaves the group; the other
+    member trains on as alone. (Which member diverges is injected into the trainer's reports:
+    the tiny model cannot diverge for one member's values on the CPU in float32.)"""
+    step = FusedTrainer.step
+
+    def step_with_nan(trainer: FusedTrainer) -> list[Any]:
+        ends = step(trainer)
+        return [
+            e._replace(report={**e.report, "eval_loss": math.nan})
+            if e.member == "b" and e.report["epoch"] == 1
+            else e
+            for e in ends
+        ]
+
+    monkeypatch.setattr(FusedTrainer, "step", step_with_nan)
+    group = FusionGroup(setup, keep_state=None)
+    group.configure(2)
+    assert group.join("a", CONFIGS["a"]) and group.join("b", CONFIGS["b"])
+    with pytest.raises(engine.TrainingDiverged, match=r"diverged at epoch 1: eval_loss nan"):
+        group.next_report("b")
+    group.leave("b")
+    ended = list(iter(lambda: group.next_report("a"), None))
+    assert_same_run([report for report, _ in ended], alone(CONFIGS["a"]), exact=True)
+    group.leave("a")
 
 
 def test_groups_stack_on_accelerators_and_interleave_on_the_cpu(setup: TrialSetup) -> None:
