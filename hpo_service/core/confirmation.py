@@ -3,14 +3,16 @@ one wins by its mean over those seeds. Pure: it works on the store's trial recor
 
 Only the fresh runs count towards a configuration's mean: the search picked its best runs for
 being high, so their own scores are biased upwards (the winner's curse). Every candidate runs the
-same fresh seeds, so candidates are compared on equal draws.
+same fresh seeds, so candidates are compared on equal draws. A configuration that failed on a
+fresh seed (its training diverged, say) is not one a pipeline can trust: it ranks after every
+candidate that failed on fewer, whatever the mean of its other seeds.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpo_service.core.definition import METRICS, Confirm, Direction, Objective
@@ -69,11 +71,12 @@ class Spread:
 
 @dataclass(frozen=True)
 class Confirmed:
-    """One candidate configuration and its complete confirmation runs."""
+    """One candidate configuration, its complete confirmation runs and its failed ones."""
 
     trial: TrialRecord  # the search trial whose configuration it is
     runs: list[TrialRecord]
     direction: Direction
+    failed: list[TrialRecord] = field(default_factory=list)
 
     @property
     def objective(self) -> Spread:
@@ -96,18 +99,31 @@ class Confirmed:
                 {"trial": r.number, "seed": r.params.get("seed"), "value": r.objective}
                 for r in self.runs
             ],
+            "failed_runs": [
+                {"trial": r.number, "seed": r.params.get("seed"), "error": r.error}
+                for r in self.failed
+            ],
         }
 
 
 def rank(trials: list[TrialRecord], direction: Direction) -> list[Confirmed]:
-    """The confirmed configurations, best mean first (ties: the better search trial first);
-    a candidate whose runs all failed is left out."""
+    """The confirmed configurations: fewest failed confirmation runs first, then best mean
+    (ties: the better search trial first); a candidate with no complete run is left out."""
     by_number = {t.number: t for t in trials}
     runs: dict[int, list[TrialRecord]] = {}
+    failed: dict[int, list[TrialRecord]] = {}
     for trial in trials:
         if trial.confirms is not None and trial.state == TrialState.COMPLETE:
             runs.setdefault(trial.confirms, []).append(trial)
-    confirmed = [Confirmed(by_number[n], r, direction) for n, r in runs.items() if n in by_number]
+        elif trial.confirms is not None and trial.state == TrialState.FAILED:
+            failed.setdefault(trial.confirms, []).append(trial)
+    confirmed = [
+        Confirmed(by_number[n], r, direction, failed.get(n, []))
+        for n, r in runs.items()
+        if n in by_number
+    ]
     sign = -1 if direction == "maximize" else 1
-    confirmed.sort(key=lambda c: (sign * c.objective.mean, sign * c.trial.objective))  # type: ignore[operator]
+    confirmed.sort(
+        key=lambda c: (len(c.failed), sign * c.objective.mean, sign * c.trial.objective)  # type: ignore[operator]
+    )
     return confirmed

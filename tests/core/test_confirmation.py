@@ -54,7 +54,7 @@ def test_the_best_mean_over_fresh_seeds_wins_not_the_lucky_search_run() -> None:
         trial(1, 0.90, 2e-3),  # steady: 0.88 on average
         *(trial(2 + i, v, 1e-3, 10_000 + i, confirms=0) for i, v in enumerate([0.75, 0.85])),
         *(trial(4 + i, v, 2e-3, 10_000 + i, confirms=1) for i, v in enumerate([0.87, 0.89])),
-        trial(6, None, 2e-3, 10_002, state=TrialState.FAILED, confirms=1),  # not counted
+        trial(6, None, 2e-3, 10_002, state=TrialState.RUNNING, confirms=1),  # not yet counted
     ]
     best, second = rank(trials, "maximize")
     assert best.trial.number == 1
@@ -68,6 +68,30 @@ def test_the_best_mean_over_fresh_seeds_wins_not_the_lucky_search_run() -> None:
     # Per metric, in its own direction: the lowest loss is the best, the highest the worst.
     assert document["metrics"]["eval_loss"]["worst"] == pytest.approx(0.13)
     assert "f1" not in document["metrics"]  # no run measured it
+    assert document["failed_runs"] == []
+
+
+def test_a_configuration_that_failed_a_fresh_seed_ranks_after_those_that_did_not() -> None:
+    """Diverging on one seed of three makes the others' mean a lucky draw, however high."""
+    diverged = "training diverged at epoch 1: train_loss nan, eval_loss nan"
+    trials = [
+        trial(0, 0.95, 3e-3),  # high, but unstable: fails one fresh seed of three
+        trial(1, 0.90, 2e-3),  # steady: every fresh seed completes, lower mean
+        trial(2, 0.85, 1e-3),  # fails two of three
+        *(trial(3 + i, v, 3e-3, 10_000 + i, confirms=0) for i, v in enumerate([0.93, 0.94])),
+        trial(5, None, 3e-3, 10_002, state=TrialState.FAILED, confirms=0).model_copy(
+            update={"error": diverged}
+        ),
+        *(trial(6 + i, v, 2e-3, 10_000 + i, confirms=1) for i, v in enumerate([0.88, 0.89, 0.87])),
+        trial(9, 0.99, 1e-3, 10_000, confirms=2),
+        *(trial(10 + i, None, 1e-3, 10_001 + i, TrialState.FAILED, confirms=2) for i in range(2)),
+    ]
+    steady, unstable, worst = rank(trials, "maximize")
+    assert [c.trial.number for c in (steady, unstable, worst)] == [1, 0, 2]
+    assert steady.objective.mean == pytest.approx(0.88) and steady.as_dict()["failed_runs"] == []
+    assert unstable.objective.mean == pytest.approx(0.935)  # the complete runs' mean, as shown
+    assert unstable.as_dict()["failed_runs"] == [{"trial": 5, "seed": 10_002, "error": diverged}]
+    assert [r["seed"] for r in worst.as_dict()["failed_runs"]] == [10_001, 10_002]
 
 
 def test_nothing_is_confirmed_before_a_confirmation_run_completes() -> None:
