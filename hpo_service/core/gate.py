@@ -35,8 +35,15 @@ class SeedSpread(_Numbers):
     scores: list[float]
 
 
+class FailedRun(_Numbers):
+    trial: int
+    seed: int | None = None
+    error: str | None = None
+
+
 class ConfirmationSection(_Numbers):
     metrics: dict[str, SeedSpread] = Field(default_factory=dict)
+    failed_runs: list[FailedRun] = Field(default_factory=list)
 
 
 class BestConfig(_Numbers):
@@ -61,13 +68,16 @@ class Measured:
     std: float
     worst: float
     seeds: int  # 1 without a confirmation stage
+    failed: int = 0  # confirmation runs that failed (no score: left out of the others)
 
     @classmethod
     def read(cls, document: dict[str, Any], name: str) -> Measured | None:
-        confirmed = (document.get("confirmation") or {}).get("metrics", {}).get(name)
+        confirmation = document.get("confirmation") or {}
+        confirmed = confirmation.get("metrics", {}).get(name)
         if confirmed is not None:
-            n = len(confirmed["scores"])
-            return cls(float(confirmed["mean"]), float(confirmed["std"]), confirmed["worst"], n)
+            n, failed = len(confirmed["scores"]), len(confirmation.get("failed_runs") or [])
+            mean, std = float(confirmed["mean"]), float(confirmed["std"])
+            return cls(mean, std, confirmed["worst"], n, failed)
         value = document.get("metrics", {}).get(name)
         return None if value is None else cls(float(value), 0.0, float(value), 1)
 
@@ -118,6 +128,12 @@ def judge(
     judged = f"{shown}: {label} {value:.4f}" if measured.seeds > 1 else shown
     if not measured.is_finite:
         return Verdict(False, f"{shown} is not a finite number")
+    if statistic == "worst" and measured.failed:
+        return Verdict(
+            False,
+            f"{shown}: {measured.failed} more confirmation run(s) failed, so its worst seed "
+            "has no score",
+        )
     if minimum is not None and value < minimum:
         return Verdict(False, f"{judged} is below the minimum {minimum}")
     if maximum is not None and value > maximum:

@@ -78,6 +78,12 @@ def test_with_confirmation_seeds_the_gate_judges_the_mean_the_pessimistic_mean_o
     assert "accuracy (mean-std) 0.8600 is below the minimum 0.87" in verdict.message
     assert not judge("s", "completed", document, minimum=0.87, statistic="worst").passed
     assert judge("s", "completed", document, minimum=0.86, statistic="worst").passed
+    # A failed seed is the worst seed: --on worst fails; the mean is over the runs that ended.
+    document["confirmation"]["failed_runs"] = [{"trial": 9, "seed": 10_003, "error": "diverged"}]
+    BestConfig.model_validate(document)
+    verdict = judge("s", "completed", document, minimum=0.5, statistic="worst")
+    assert not verdict.passed and "1 more confirmation run(s) failed" in verdict.message
+    assert judge("s", "completed", document, minimum=0.87).passed
     # A single run (v1 document) has no spread: every statistic is its value.
     assert judge("s", "completed", best(0.9), minimum=0.9, statistic="worst").passed
 
