@@ -32,6 +32,7 @@ app.add_typer(db_app, name="db")
 token_app = typer.Typer(help="API tokens (stored as hashes in the database).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
+SHOWN_ERROR_CHARS = 300  # of a failed trial's error, under the trials table
 out = Console()
 if not out.is_terminal:  # a pipe or CI log: room for the trial table's columns
     out = Console(width=160)
@@ -135,7 +136,7 @@ def print_trials(
     """A table of trials: the store's records or the API's, which share these field names. One
     column per objective ``metrics`` names (the primary first). A confirmation run shows the
     trial it repeats and its seed; a trial out of memory at its batch size, the micro-batch it
-    trained at."""
+    trained at. Under the table, a line for each failed trial saying why it failed."""
     searched = searched_parameters(definition)
     columns = ("trial", "state", *metrics, "epochs", "seconds", *searched)
     rows = [
@@ -150,6 +151,10 @@ def print_trials(
         for trial in trials
     ]
     print_table(columns, rows, title=title)
+    for trial in trials:
+        if trial.state.value == "failed" and trial.error:
+            reason = trial.error.strip().splitlines()[0][:SHOWN_ERROR_CHARS]
+            out.print(f"trial {trial.number} failed: {reason}", highlight=False, markup=False)
 
 
 def metric_value(trial: Any, metric: str) -> float | None:

@@ -194,3 +194,28 @@ def test_trials_tables_mark_confirmation_runs_and_smaller_micro_batches() -> Non
     assert trial_label(trial(8, confirms=2, micro_batch_size=4)) == (
         "8 (confirms 2, seed 10001; micro-batch 4)"
     )
+
+
+def test_trials_tables_say_why_each_failed_trial_failed() -> None:
+    from records import trial_record
+
+    from hpo_service.cli import common
+    from hpo_service.core.records import TrialState
+
+    diverged = "training diverged at epoch 2: eval_loss nan (a lower learning_rate may help)"
+    trials = [
+        trial_record(0, 0.9),
+        trial_record(1, None, state=TrialState.FAILED, error=f"{diverged}\nsecond line"),
+        trial_record(2, None, state=TrialState.FAILED),  # no error recorded
+    ]
+    with common.out.capture() as captured:
+        definition = {
+            "name": "s",
+            "dataset": {"train": "train.csv"},
+            "parameters": {"learning_rate": {"type": "categorical", "choices": [1e-3]}},
+        }
+        common.print_trials("s: completed", ["accuracy"], definition, trials)
+    shown = captured.get()
+    assert f"trial 1 failed: {diverged}\n" in shown
+    assert "second line" not in shown
+    assert "trial 0 failed" not in shown and "trial 2 failed" not in shown
