@@ -85,9 +85,10 @@ class FusionGroup:
                 threading.Thread(target=self._train, daemon=True).start()
             return True
 
-    def next_report(self, member: str) -> tuple[dict[str, Any], ray.ObjectRef | None] | None:
-        """The member's next epoch report and its state, in Ray's object store (``None``
-        without checkpoints); ``None`` once it has run all its epochs."""
+    def next_report(self, member: str) -> tuple[dict[str, Any], Any] | None:
+        """The member's next epoch report and its state, as ``keep_state`` kept it (a
+        reference into Ray's object store; ``None`` without checkpoints); ``None`` once it has
+        run all its epochs."""
         reports = self._reports.get(member)
         if reports is None:
             return None
