@@ -15,6 +15,7 @@ from rich.table import Table
 
 from hpo_service.core.definition import StudyDefinition, describe_errors
 from hpo_service.core.errors import HpoError
+from hpo_service.core.records import TrialState
 
 if TYPE_CHECKING:
     from hpo_service.client import ServiceClient
@@ -152,7 +153,7 @@ def print_trials(
     ]
     print_table(columns, rows, title=title)
     for trial in trials:
-        if trial.state.value == "failed" and trial.error:
+        if trial.state == TrialState.FAILED and trial.error:
             reason = trial.error.strip().splitlines()[0][:SHOWN_ERROR_CHARS]
             out.print(f"trial {trial.number} failed: {reason}", highlight=False, markup=False)
 
