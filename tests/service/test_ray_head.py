@@ -12,6 +12,7 @@ from pathlib import Path
 from hpo_service.service.ray_head import READY, end_processes, session_processes
 
 ATTEMPTS = 5
+HEAD_START_S = 10.0
 SIGNALLING_S = 0.3
 SUPERVISOR = [sys.executable, "-m", "hpo_service.service.ray_head"]
 STAND_IN_HEAD = ["sh", "-c", "sleep 600 &"]
@@ -36,7 +37,7 @@ def test_a_supervisor_told_to_stop_again_and_again_still_ends_its_head(tmp_path:
         try:
             assert supervisor.stdout is not None
             assert supervisor.stdout.readline().decode().strip() == READY
-            assert [p.name() for p in session_processes(supervisor.pid)].count("sleep") == 1
+            assert stand_in_head_started(supervisor.pid)
             deadline = time.monotonic() + SIGNALLING_S
             while time.monotonic() < deadline and supervisor.poll() is None:
                 supervisor.send_signal(signal.SIGTERM)
@@ -48,3 +49,14 @@ def test_a_supervisor_told_to_stop_again_and_again_still_ends_its_head(tmp_path:
             supervisor.kill()
             supervisor.wait()
             end_processes(session_processes(supervisor.pid), grace=1)
+
+
+def stand_in_head_started(session: int) -> bool:
+    """The stand-in head's `sleep` is running. `sh` returns as soon as it has forked it, so the
+    child may be a moment from exec'ing `sleep` when the supervisor says it is ready."""
+    deadline = time.monotonic() + HEAD_START_S
+    while time.monotonic() < deadline:
+        if [p.name() for p in session_processes(session)].count("sleep") == 1:
+            return True
+        time.sleep(0.01)
+    return False
