@@ -103,7 +103,6 @@ def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:
                 path,
                 sep="\t" if kind == "tsv" else ",",
                 header=None if spec.column_names else 0,
-                names=spec.column_names,
                 dtype=str,
                 keep_default_na=False,
                 # GLUE's TSVs hold unbalanced quotes inside sentences.
@@ -116,6 +115,15 @@ def _read_file(spec: DatasetSpec, field: str, location: str) -> pd.DataFrame:
     except (ValueError, OSError, pd.errors.ParserError) as error:
         message = f"cannot read {path.name} as {kind}: {error}"
         raise DefinitionError(f"dataset.{field}", message) from error
+    if spec.column_names is not None and kind in ("csv", "tsv"):
+        # Named here rather than by pandas, which takes surplus leading columns as the index.
+        if len(spec.column_names) != frame.shape[1]:
+            raise DefinitionError(
+                "dataset.column_names",
+                f"{path.name} has {frame.shape[1]} columns, but column_names names "
+                f"{len(spec.column_names)}: {spec.column_names}",
+            )
+        frame.columns = spec.column_names
     header = [str(c) for c in frame.columns]
     frame.columns = [c.strip() for c in header]
     used = {spec.label_field, *spec.text_fields}

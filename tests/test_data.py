@@ -384,6 +384,20 @@ BAD_DATA = [
         ["leaves eval empty", "['c']", "eval file"],
         id="held-out-rows-all-needed-by-train",
     ),
+    pytest.param(  # pandas would take the surplus leading column as the index
+        {"train.tsv": "".join(f"{i}\ttext {i}\t{i % 2}\n" for i in range(20))},
+        {"train": "train.tsv", "column_names": ["sentence", "label"]},
+        "dataset.column_names",
+        ["train.tsv has 3 columns", "names 2"],
+        id="fewer-column-names-than-columns",
+    ),
+    pytest.param(
+        {"train.tsv": "".join(f"text {i}\t{i % 2}\n" for i in range(20))},
+        {"train": "train.tsv", "column_names": ["sentence", "label", "source"]},
+        "dataset.column_names",
+        ["train.tsv has 2 columns", "names 3"],
+        id="more-column-names-than-columns",
+    ),
     pytest.param(
         {"train.txt": TRAIN_CSV},
         {"train": "train.txt"},
