@@ -5,7 +5,8 @@ Only the fresh runs count towards a configuration's mean: the search picked its 
 being high, so their own scores are biased upwards (the winner's curse). Every candidate runs the
 same fresh seeds, so candidates are compared on equal draws. A configuration that failed on a
 fresh seed (its training diverged, say) is not one a pipeline can trust: it ranks after every
-candidate that failed on fewer, whatever the mean of its other seeds.
+candidate that failed on fewer, whatever the mean of its other seeds. A run cut off because the
+study stopped (out of budget, cancelled) says nothing of its configuration: it counts neither way.
 """
 
 from __future__ import annotations
@@ -107,15 +108,16 @@ class Confirmed:
 
 
 def rank(trials: list[TrialRecord], direction: Direction) -> list[Confirmed]:
-    """The confirmed configurations: fewest failed confirmation runs first, then best mean
-    (ties: the better search trial first); a candidate with no complete run is left out."""
+    """The confirmed configurations: fewest failed confirmation runs first (runs cut off by the
+    study's stop not counted), then best mean (ties: the better search trial first); a candidate
+    with no complete run is left out."""
     by_number = {t.number: t for t in trials}
     runs: dict[int, list[TrialRecord]] = {}
     failed: dict[int, list[TrialRecord]] = {}
     for trial in trials:
         if trial.confirms is not None and trial.state == TrialState.COMPLETE:
             runs.setdefault(trial.confirms, []).append(trial)
-        elif trial.confirms is not None and trial.state == TrialState.FAILED:
+        elif trial.confirms is not None and trial.state == TrialState.FAILED and not trial.cut_off:
             failed.setdefault(trial.confirms, []).append(trial)
     confirmed = [
         Confirmed(by_number[n], r, direction, failed.get(n, []))

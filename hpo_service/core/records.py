@@ -46,6 +46,11 @@ class Scope(enum.StrEnum):
         return order.index(self) >= order.index(needed)
 
 
+# How the error of a trial still running when its study stopped (cancelled, out of budget, too
+# many failures) begins: it failed for its study's sake, not by its own training.
+CUT_OFF = "cut off when the study stopped"
+
+
 class TrialState(enum.StrEnum):
     RUNNING = "running"
     COMPLETE = "complete"
@@ -108,6 +113,11 @@ class TrialRecord(BaseModel):
     @property
     def metrics(self) -> dict[str, float | None]:
         return {m: getattr(self, m) for m in METRICS}
+
+    @property
+    def cut_off(self) -> bool:
+        """Failed only because its study stopped while it ran (see ``CUT_OFF``)."""
+        return self.state == TrialState.FAILED and (self.error or "").startswith(CUT_OFF)
 
 
 class RunEnvironment(BaseModel):

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
-from hpo_service.core.records import TrialRecord, TrialState
+from hpo_service.core.records import CUT_OFF, TrialRecord, TrialState
 from hpo_service.db.store import Store
 
 INTERRUPTED = "interrupted: the study's driver stopped before this trial finished"
@@ -124,12 +124,13 @@ def _interrupt(
 
 
 def fail_cut_off_trials(
-    store: Store, storage: optuna.storages.BaseStorage, study: str, reason: str
+    store: Store, storage: optuna.storages.BaseStorage, study: str, why: str
 ) -> None:
-    """A cancelled study's trials still running end as failed with ``reason``, in both stores."""
+    """A stopped study's trials still running end as failed, in both stores: cut off (the error
+    ``CUT_OFF``, then ``why`` the study stopped)."""
     for trial in store.trials(study):
         if trial.state == TrialState.RUNNING:
-            store.finish_trial(study, trial.number, TrialState.FAILED, reason)
+            store.finish_trial(study, trial.number, TrialState.FAILED, f"{CUT_OFF}: {why}")
     try:
         optuna_study = optuna.load_study(study_name=study, storage=storage)
     except KeyError:

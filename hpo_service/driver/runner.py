@@ -437,9 +437,7 @@ def _fit(
     if not reasons:  # Ray Tune ends quietly on Ctrl-C (SIGINT), with trials cut off: say so
         raise KeyboardInterrupt
     # The study stopped them (cancelled, out of budget or time, too many failures): they failed.
-    why = "; ".join(reasons)
-    reason = f"cut off when the study stopped: {why}"
-    fail_cut_off_trials(store, storage, definition.name, reason)
+    fail_cut_off_trials(store, storage, definition.name, "; ".join(reasons))
     return searcher.ended
 
 

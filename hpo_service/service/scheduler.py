@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 MAX_DRIVER_CRASHES = 3
 CANCEL_GRACE_S = 30.0
-CANCELLED_RUNNING = "cancelled while running"
 
 
 @dataclass
@@ -97,7 +96,7 @@ class Scheduler:
                 self._driver_died(name, code, driver.last_output())
             elif status == StudyStatus.CANCELLED:
                 storage = optuna_storage(self.settings.database_url)
-                fail_cut_off_trials(self.store, storage, name, CANCELLED_RUNNING)
+                fail_cut_off_trials(self.store, storage, name, "cancelled")
 
     def _enforce_cancel(self, name: str, driver: Driver, status: StudyStatus) -> None:
         """A cancelled study's driver stops its trials itself; one that does not is killed."""

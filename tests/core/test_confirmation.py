@@ -94,6 +94,25 @@ def test_a_configuration_that_failed_a_fresh_seed_ranks_after_those_that_did_not
     assert [r["seed"] for r in worst.as_dict()["failed_runs"]] == [10_001, 10_002]
 
 
+def test_a_run_cut_off_by_the_study_stopping_counts_neither_way() -> None:
+    """Out of budget, the study cuts off the runs still going: which candidate's they were says
+    nothing about its configuration."""
+    cut = "cut off when the study stopped: limits.gpu_hours reached"
+    trials = [
+        trial(0, 0.95, 3e-3),
+        trial(1, 0.90, 2e-3),
+        *(trial(2 + i, v, 3e-3, 10_000 + i, confirms=0) for i, v in enumerate([0.93, 0.94])),
+        trial(4, None, 3e-3, 10_002, state=TrialState.FAILED, confirms=0).model_copy(
+            update={"error": cut}
+        ),
+        *(trial(5 + i, v, 2e-3, 10_000 + i, confirms=1) for i, v in enumerate([0.88, 0.89, 0.87])),
+    ]
+    best, second = rank(trials, "maximize")
+    assert (best.trial.number, second.trial.number) == (0, 1)
+    assert best.objective.mean == pytest.approx(0.935)
+    assert best.as_dict()["failed_runs"] == [] and len(best.runs) == 2
+
+
 def test_nothing_is_confirmed_before_a_confirmation_run_completes() -> None:
     running = trial(1, None, 1e-3, 10_000, state=TrialState.RUNNING, confirms=0)
     assert rank([trial(0, 0.9, 1e-3), running], "maximize") == []

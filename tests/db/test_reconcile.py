@@ -113,9 +113,13 @@ def test_a_cancelled_study_fails_its_cut_off_trials_in_both_stores(
 ) -> None:
     store, storage, study = stores
     trial = asked(study, store, 1e-4)
-    fail_cut_off_trials(store, storage, "crashed", "cancelled while running")
+    fail_cut_off_trials(store, storage, "crashed", "cancelled")
     [ours] = store.trials("crashed")
-    assert (ours.state, ours.error) == (TrialState.FAILED, "cancelled while running")
+    assert (ours.state, ours.error) == (
+        TrialState.FAILED,
+        "cut off when the study stopped: cancelled",
+    )
+    assert ours.cut_off
     assert study.get_trials()[trial.number].state == OptunaState.FAIL
 
 
