@@ -28,6 +28,7 @@ INTERRUPTED_ATTR = "hpo:interrupted"
 # A confirmation run: the search trial whose configuration it repeats, and its seed.
 CONFIRMS_ATTR = "hpo:confirms"
 SEED_ATTR = "hpo:seed"
+ERROR_ATTR = "hpo:error"  # a failed trial's error, for the dashboard
 
 _OURS_FROM_OPTUNA = {
     OptunaState.COMPLETE: TrialState.COMPLETE,
@@ -79,7 +80,9 @@ def _adopt(store: Store, study: str, mine: TrialRecord, theirs: FrozenTrial) -> 
     if theirs.user_attrs.get(INTERRUPTED_ATTR):
         store.finish_trial(study, mine.number, TrialState.INTERRUPTED, INTERRUPTED)
         return
-    error = "failed (recorded by Optuna only)" if theirs.state == OptunaState.FAIL else None
+    error = None
+    if theirs.state == OptunaState.FAIL:
+        error = theirs.user_attrs.get(ERROR_ATTR, "failed (recorded by Optuna only)")
     store.finish_trial(study, mine.number, _OURS_FROM_OPTUNA[theirs.state], error)
 
 
@@ -96,6 +99,8 @@ def _tell(
     if state == OptunaState.COMPLETE:
         several = [mine.metrics[m] for m in metrics] if len(metrics) > 1 else None
         values = several or [mine.objective]
+    if state == OptunaState.FAIL and mine.error:
+        storage.set_trial_user_attr(theirs._trial_id, ERROR_ATTR, mine.error)
     storage.set_trial_state_values(theirs._trial_id, state, values)
 
 
@@ -128,12 +133,14 @@ def fail_cut_off_trials(
 ) -> None:
     """A stopped study's trials still running end as failed, in both stores: cut off (the error
     ``CUT_OFF``, then ``why`` the study stopped)."""
+    error = f"{CUT_OFF}: {why}"
     for trial in store.trials(study):
         if trial.state == TrialState.RUNNING:
-            store.finish_trial(study, trial.number, TrialState.FAILED, f"{CUT_OFF}: {why}")
+            store.finish_trial(study, trial.number, TrialState.FAILED, error)
     try:
         optuna_study = optuna.load_study(study_name=study, storage=storage)
     except KeyError:
         return
     for theirs in optuna_study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        storage.set_trial_user_attr(theirs._trial_id, ERROR_ATTR, error)
         storage.set_trial_state_values(theirs._trial_id, OptunaState.FAIL)

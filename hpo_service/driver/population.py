@@ -226,8 +226,7 @@ class PopulationSearch(tune.Callback, tune.Stopper):
             self.searcher.on_trial_complete(trial.trial_id, trial.last_result)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.schedules:
-            self.searcher.on_trial_complete(trial.trial_id, trial.last_result, error=True)
+        # The trial recorder tells the searcher, with the error.
         if self.synch:
             self.reason = "a member failed, and a synchronous population waits for every member"
 

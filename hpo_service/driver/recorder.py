@@ -14,7 +14,7 @@ from hpo_service.core.budget import over_budget, spent
 from hpo_service.core.definition import KNOBS, StudyDefinition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.db.store import Store
-from hpo_service.driver.searcher import RESUME_KEY, StudySearcher, trial_outcome
+from hpo_service.driver.searcher import RESUME_KEY, UNEVALUATED, StudySearcher, trial_outcome
 from hpo_service.training.engine import REPLAYED_KEY
 
 
@@ -76,15 +76,15 @@ class TrialRecorder(Callback):
         outcome = trial_outcome(trial.last_result)
         error = None
         if outcome == TrialState.FAILED:
-            error = "stopped before its first evaluation (the study was cancelled or out of time)"
+            error = UNEVALUATED
         self.store.finish_trial(self.study, number, outcome, error)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error = trial_error_message(trial)
+        self.searcher.fail(trial.trial_id, error)
         number = self._numbers.pop(trial.trial_id, None)
         if number is not None:
-            self.store.finish_trial(
-                self.study, number, TrialState.FAILED, trial_error_message(trial)
-            )
+            self.store.finish_trial(self.study, number, TrialState.FAILED, error)
 
 
 class FailedTrialLimit(Callback, Stopper):

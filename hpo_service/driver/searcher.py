@@ -3,7 +3,10 @@
 Ray's searcher tells a trial that ASHA stopped early as COMPLETE with its partial score, a trial
 that failed after reporting as COMPLETE too, and drops the last intermediate value of a stopped
 trial. Here an early-stopped trial is PRUNED (with its whole learning curve), a failed one FAIL,
-so Optuna's best trial, its samplers and the dashboard all see the truth.
+so Optuna's best trial, its samplers and the dashboard all see the truth. A failed trial carries
+its error (user attribute ``hpo:error``): Ray tells the searcher that a trial failed before it
+tells the callbacks why, so the FAIL waits for ``fail``, which the trial recorder calls with the
+error.
 
 With several objectives (``metric`` and ``mode`` lists) a complete trial is told every
 objective's value; Optuna keeps no learning curves for such studies (``Trial.report`` is
@@ -34,11 +37,12 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo_service.core.definition import StudyDefinition
-from hpo_service.core.records import TrialState
+from hpo_service.core.records import CUT_OFF, TrialState
 from hpo_service.db.reconcile import (
     CHECKPOINT_ATTR,
     CHECKPOINT_EPOCH_ATTR,
     CONFIRMS_ATTR,
+    ERROR_ATTR,
     RESUMES_ATTR,
     SEED_ATTR,
 )
@@ -49,6 +53,8 @@ _OPTUNA_STATES = {
     TrialState.EARLY_STOPPED: OptunaTrialState.PRUNED,
     TrialState.FAILED: OptunaTrialState.FAIL,
 }
+# The error of a trial that Ray ended before its first evaluation: only the study's stop does.
+UNEVALUATED = f"{CUT_OFF}, before its first evaluation (cancelled or out of time)"
 # The key of a rerun trial's config that says what it resumes (not a knob).
 RESUME_KEY = "resume"
 # User attributes in Optuna: a trial copied from another study ("study#number"), and a trial
@@ -288,10 +294,10 @@ class StudySearcher(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
+        if error or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # a failure is told by `fail`, with its error
         ot_trial = self._ot_trials[trial_id]
-        outcome = trial_outcome(result, error)
+        outcome = trial_outcome(result)
         state, value = _OPTUNA_STATES[outcome], None
         if outcome == TrialState.COMPLETE:
             value = self._values(result)  # type: ignore[arg-type]
@@ -299,6 +305,18 @@ class StudySearcher(OptunaSearch):
             step = _step(result)  # type: ignore[arg-type]
             if step not in self._reported_steps.get(trial_id, set()):
                 ot_trial.report(result[self.metric], step)  # type: ignore[index]
+        elif outcome == TrialState.FAILED:
+            ot_trial.set_user_attr(ERROR_ATTR, UNEVALUATED)
         self._ot_study.tell(ot_trial, value, state=state)
+        self._completed_trials.add(trial_id)
+        self._reported_steps.pop(trial_id, None)
+
+    def fail(self, trial_id: str, error: str) -> None:
+        """Tell Optuna the trial failed, with ``error`` for the dashboard to show."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr(ERROR_ATTR, error)
+        self._ot_study.tell(ot_trial, state=OptunaTrialState.FAIL)
         self._completed_trials.add(trial_id)
         self._reported_steps.pop(trial_id, None)

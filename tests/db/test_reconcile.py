@@ -15,6 +15,7 @@ from hpo_service.db.optuna_storage import optuna_storage
 from hpo_service.db.reconcile import (
     CHECKPOINT_ATTR,
     CONFIRMS_ATTR,
+    ERROR_ATTR,
     INTERRUPTED_ATTR,
     RESUMES_ATTR,
     SEED_ATTR,
@@ -75,13 +76,18 @@ def test_every_way_a_crash_leaves_the_stores_is_repaired(
     study.tell(theirs_only, state=OptunaState.PRUNED)
     saved = asked(study, store, 6e-4)  # cut off after saving a checkpoint
     saved.set_user_attr(CHECKPOINT_ATTR, "/checkpoints/trial-5")
+    ours_failed = asked(study, store, 7e-4)  # ours recorded its error, Optuna was never told
+    store.finish_trial("crashed", ours_failed.number, TrialState.FAILED, "ValueError: ours")
+    theirs_failed = asked(study, store, 8e-4)  # Optuna was told it failed, and why; ours not
+    theirs_failed.set_user_attr(ERROR_ATTR, "ValueError: theirs")
+    study.tell(theirs_failed, state=OptunaState.FAIL)
     before = store.trials("crashed", with_curves=True)[done.number]
 
     result = reconcile(store, storage, "crashed")
 
     assert result.interrupted == [cut.number, ghost.number, saved.number]
-    assert result.adopted_from_optuna == [theirs_only.number]
-    assert result.told_to_optuna == [ours_only.number]
+    assert result.adopted_from_optuna == [theirs_only.number, theirs_failed.number]
+    assert result.told_to_optuna == [ours_only.number, ours_failed.number]
     ours = {t.number: t for t in store.trials("crashed", with_curves=True)}
     theirs = {t.number: t for t in study.get_trials() if t.state != OptunaState.WAITING}
     assert sorted(ours) == sorted(theirs)  # the ghost has a row of ours now
@@ -91,6 +97,9 @@ def test_every_way_a_crash_leaves_the_stores_is_repaired(
     assert ours[ours_only.number].state == TrialState.COMPLETE
     assert theirs[ours_only.number].value == ours[ours_only.number].objective
     assert ours[theirs_only.number].state == TrialState.EARLY_STOPPED
+    # A failed trial's error ends up in both: ours' `error`, Optuna's `hpo:error`.
+    assert theirs[ours_failed.number].user_attrs[ERROR_ATTR] == "ValueError: ours"
+    assert ours[theirs_failed.number].error == "ValueError: theirs"
     for number in result.interrupted:
         assert ours[number].state == TrialState.INTERRUPTED
         assert theirs[number].user_attrs[INTERRUPTED_ATTR] is True
@@ -120,6 +129,7 @@ def test_a_cancelled_study_fails_its_cut_off_trials_in_both_stores(
         "cut off when the study stopped: cancelled",
     )
     assert ours.cut_off
+    assert study.get_trials()[trial.number].user_attrs[ERROR_ATTR] == ours.error
     assert study.get_trials()[trial.number].state == OptunaState.FAIL
 
 

@@ -87,6 +87,7 @@ def test_trials_epochs_and_outcomes_are_recorded(store: Store, searcher: StudySe
     assert [(e.epoch, e.objective) for e in trials[0].learning_curve] == [(1, 0.6), (2, 0.8)]
     assert (trials[0].objective, trials[0].eval_loss, trials[0].epochs) == (0.8, 1 - 0.8, 2)
     assert "before its first evaluation" in (trials[2].error or "")
+    assert trials[2].cut_off  # the study's stop, not the trial's training
 
 
 def test_an_error_is_recorded_with_the_exception_line(

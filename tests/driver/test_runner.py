@@ -17,6 +17,7 @@ from hpo_service.core.errors import AlreadyExistsError, DefinitionError
 from hpo_service.core.presets import resolve_definition
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.core.settings import Settings
+from hpo_service.db.reconcile import ERROR_ATTR
 from hpo_service.db.store import Store
 from hpo_service.driver.runner import check_trials_fit, resume_study
 from hpo_service.driver.searcher import REPEATS_ATTR
@@ -240,7 +241,10 @@ def test_a_diverged_trial_fails_saying_so_and_the_study_goes_on(
     assert [t.state for t in trials] == [TrialState.FAILED] * 2
     for trial in trials:
         assert "training diverged at epoch 1: train_loss nan" in (trial.error or ""), trial.error
-    assert [t.state for t in optuna_trials(sqlite_url, "diverging")] == [OptunaState.FAIL] * 2
+    theirs = optuna_trials(sqlite_url, "diverging")
+    assert [t.state for t in theirs] == [OptunaState.FAIL] * 2
+    # The dashboard shows why: each failed trial's error, as recorded in our table.
+    assert [t.user_attrs[ERROR_ATTR] for t in theirs] == [t.error for t in trials]
 
 
 def test_failed_trial_limit_stops_the_study(

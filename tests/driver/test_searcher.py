@@ -16,7 +16,12 @@ from ray.tune.search import Searcher
 
 from hpo_service.core.presets import resolve_definition
 from hpo_service.core.records import TrialState
-from hpo_service.db.reconcile import CHECKPOINT_ATTR, CHECKPOINT_EPOCH_ATTR, RESUMES_ATTR
+from hpo_service.db.reconcile import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_EPOCH_ATTR,
+    ERROR_ATTR,
+    RESUMES_ATTR,
+)
 from hpo_service.driver.search_space import (
     FiniteSpace,
     configuration_key,
@@ -28,6 +33,7 @@ from hpo_service.driver.searcher import (
     ENQUEUED_ATTR,
     REPEATS_ATTR,
     RESUME_KEY,
+    UNEVALUATED,
     StudySearcher,
     trial_outcome,
 )
@@ -85,15 +91,18 @@ def test_complete_pruned_and_failed_trials_reach_optuna_as_such(
     storage: optuna.storages.BaseStorage,
 ) -> None:
     searcher = searcher_on(storage)
-    for trial_id in ("done", "stopped", "broken"):
+    for trial_id in ("done", "stopped", "broken", "unevaluated"):
         assert set(searcher.suggest(trial_id)) == {"learning_rate"}
     for trial_id in ("done", "stopped"):
         searcher.on_trial_result(trial_id, epoch(1, 0.6))
         searcher.on_trial_result(trial_id, epoch(2, 0.7))
+    searcher.on_trial_complete("unevaluated", {})  # the study stopped before its first epoch
     searcher.on_trial_result("done", epoch(3, 0.8))
     searcher.on_trial_complete("done", epoch(3, 0.8))
     searcher.on_trial_complete("stopped", epoch(2, 0.7))  # ASHA stopped it after epoch 2
-    searcher.on_trial_complete("broken", None, error=True)
+    searcher.on_trial_complete("broken", None, error=True)  # as Ray does, before saying why
+    assert optuna_trial(storage, 2).state == OptunaState.RUNNING
+    searcher.fail("broken", "RuntimeError: training diverged at epoch 1")  # the recorder, next
 
     done, stopped, broken = (optuna_trial(storage, n) for n in range(3))
     assert (done.state, done.value) == (OptunaState.COMPLETE, 0.8)
@@ -101,6 +110,12 @@ def test_complete_pruned_and_failed_trials_reach_optuna_as_such(
     assert stopped.state == OptunaState.PRUNED  # Optuna keeps its last value, never ranks it
     assert stopped.intermediate_values == {1: 0.6, 2: 0.7}  # the curve stays whole
     assert broken.state == OptunaState.FAIL
+    assert broken.user_attrs[ERROR_ATTR] == "RuntimeError: training diverged at epoch 1"
+    unevaluated = optuna_trial(storage, 3)
+    assert (unevaluated.state, unevaluated.user_attrs[ERROR_ATTR]) == (
+        OptunaState.FAIL,
+        UNEVALUATED,
+    )
     assert [searcher.trial_number(t) for t in ("done", "stopped", "broken")] == [0, 1, 2]
 
 
@@ -172,7 +187,7 @@ def test_with_several_objectives_optuna_is_told_each_value_and_no_learning_curve
     searcher.on_trial_result("done", result(3, 0.8, 6.0))
     searcher.on_trial_complete("done", result(3, 0.8, 6.0))
     searcher.on_trial_complete("stopped", result(2, 0.7, 4.0))  # stopped early on the primary
-    searcher.on_trial_complete("broken", None, error=True)
+    searcher.fail("broken", "RuntimeError: out of memory")
 
     study = optuna.load_study(study_name="study", storage=storage)
     assert study.directions == [
