@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated, Any
 
 import typer
@@ -97,6 +98,9 @@ def serve(
     settings = settings_with(**{k: v for k, v in overrides.items() if v is not None})
     from hpo_service.api.auth import auth_required
 
+    # Bound before the app starts: uvicorn binds after the app's startup, which takes over the
+    # database's studies, so a service that cannot listen would change them and exit.
+    listening = _listening_socket(settings.host, settings.port)
     application = create_app(settings)
     err.print(
         f"hpo-service on http://{settings.host}:{settings.port}: API under /v1 (docs at /docs), "
@@ -110,7 +114,24 @@ def serve(
             "[yellow]API tokens are NOT required: the service is on a loopback address; "
             "HPO_AUTH=on requires them here too[/yellow]"
         )
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds one), or HpoError saying why not."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise HpoError(
+            f"cannot listen on {host}:{port}: {error.strerror or error} (another service there? "
+            "choose another --port or HPO_PORT)"
+        ) from error
+    listening.set_inheritable(True)
+    return listening
 
 
 def _safe_url(url: str) -> str:

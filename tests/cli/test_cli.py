@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from helpers import assert_clear_failure
 from typer.testing import CliRunner, Result
 
 from hpo_service.cli import app
+from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.presets import list_presets
+from hpo_service.core.records import StudyStatus
+from hpo_service.db.store import Store
 
 runner = CliRunner()
 
@@ -162,6 +166,25 @@ def test_a_database_that_cannot_be_opened_is_one_line(
     (tmp_path / "not-a-database.db").write_text("a text file, not SQLite\n" * 100)
     result = hpo(*command, "--database-url", url.format(tmp=tmp_path))
     assert_clear_failure(result, "cannot open the database")
+
+
+def test_serve_on_a_port_in_use_leaves_the_database_alone(
+    tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    """A second service on a taken port used to take over the first one's studies (its startup
+    queued their running ones again) before it found that it could not listen."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    document = yaml.safe_load(write_definition(tmp_path, sentiment_files).read_text())
+    store = Store.open(url)
+    store.create_study(document, StudyDefinition.model_validate(document))
+    store.set_status("sentiment-cli", StudyStatus.RUNNING)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = hpo("serve", "--host", "127.0.0.1", "--port", port, "--database-url", url)
+    assert_clear_failure(result, f"cannot listen on 127.0.0.1:{port}", "--port")
+    assert store.get_study("sentiment-cli").status == StudyStatus.RUNNING
 
 
 def test_best_rejects_unknown_format(tmp_path: Path) -> None:
