@@ -6,12 +6,20 @@ check a model with this, and the training code loads it from the same place.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hpo_service.core.definition import DEFAULT_MODEL, ModelSpec
 from hpo_service.core.errors import DefinitionError
 
 HUB_TIMEOUT_S = 5.0
+# A folder's weights, as `save_pretrained` writes them: whole or sharded (with an index).
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def model_location(spec: ModelSpec) -> str:
@@ -30,13 +38,34 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
+def _check_folder(name: str, location: Path) -> None:
+    config = location / "config.json"
+    if not config.is_file():
+        raise DefinitionError("model.name", f"{name!r} is a folder without config.json")
+    try:
+        fields = json.loads(config.read_bytes())
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8, or not JSON
+        raise DefinitionError(
+            "model.name", f"{name!r}: its config.json cannot be read as JSON: {error}"
+        ) from error
+    if not isinstance(fields, dict) or not isinstance(fields.get("model_type"), str):
+        raise DefinitionError(
+            "model.name",
+            f"{name!r}: its config.json names no `model_type` (save_pretrained writes one)",
+        )
+    if not any((location / weights).is_file() for weights in WEIGHTS_FILES):
+        raise DefinitionError(
+            "model.name", f"{name!r} holds no weights (none of {', '.join(WEIGHTS_FILES)})"
+        )
+
+
 def check_model(spec: ModelSpec) -> None:
-    """Refuse a model that cannot load, without loading it: a directory needs a config.json; a
-    hub id must be in the local cache or, unless ``HF_HUB_OFFLINE`` is set, on the hub."""
+    """Refuse a model that cannot load, without loading it: a directory needs a config.json
+    that names its ``model_type``, and weights; a hub id must be in the local cache or, unless
+    ``HF_HUB_OFFLINE`` is set, on the hub."""
     location = Path(model_location(spec))
     if location.is_dir():
-        if not (location / "config.json").is_file():
-            raise DefinitionError("model.name", f"{spec.name!r} is a folder without config.json")
+        _check_folder(spec.name, location)
         return
     if looks_like_path(spec.name):
         raise DefinitionError("model.name", f"{spec.name!r} is not a folder on this machine")

@@ -89,9 +89,14 @@ def tokenize(spec: ModelSpec, data: LabelledData, max_seq_length: int) -> Tensor
 
 def load_tokenizer(spec: ModelSpec) -> Any:
     """The model's tokenizer; a name that neither is a directory nor loads is a field error."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     try:
+        # The config first: its error names a model type transformers does not know, where the
+        # tokenizer's would only say that it cannot build one.
+        AutoConfig.from_pretrained(model_location(spec), revision=spec.revision)
         return AutoTokenizer.from_pretrained(model_location(spec), revision=spec.revision)
-    except OSError as error:
+    # A missing file is an OSError; a model_type transformers does not know, a ValueError; a
+    # config.json of the wrong shape, a TypeError or KeyError.
+    except (OSError, ValueError, TypeError, KeyError) as error:
         raise DefinitionError("model.name", f"cannot load {spec.name!r}: {error}") from error

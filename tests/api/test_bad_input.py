@@ -6,6 +6,7 @@ get a 5xx."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -249,6 +250,27 @@ def test_a_model_folder_without_config_is_422(
     assert answer.status_code == 422, answer.text
     assert answer.json()["detail"][0]["loc"] == ["model", "name"]
     assert "config.json" in answer.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("files", "shown"),
+    [
+        ({"config.json": "{not json", "model.safetensors": ""}, "cannot be read as JSON"),
+        ({"config.json": "[1, 2]", "model.safetensors": ""}, "names no `model_type`"),
+        ({"config.json": '{"hidden_size": 8}', "model.safetensors": ""}, "no `model_type`"),
+        ({"config.json": '{"model_type": "bert"}'}, "holds no weights"),
+        ({"config.json": '{"model_type": "bert"}', "tokenizer.json": "{}"}, "model.safetensors"),
+    ],
+    ids=["config-not-json", "config-a-list", "config-without-type", "no-weights", "tokenizer-only"],
+)
+def test_a_model_folder_that_cannot_load_is_refused_saying_why(
+    files: dict[str, str], shown: str, tmp_path: Path
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    with pytest.raises(DefinitionError, match=re.escape(shown)) as caught:
+        check_model(ModelSpec(name=str(tmp_path)))
+    assert caught.value.field == "model.name"
 
 
 def test_the_shipped_model_and_a_local_folder_pass_the_model_check(

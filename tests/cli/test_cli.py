@@ -111,6 +111,22 @@ def test_validate_missing_dataset_file(tmp_path: Path) -> None:
     assert_clear_failure(hpo("validate", str(path)), "dataset.train", "missing.csv")
 
 
+def test_a_model_of_a_type_transformers_does_not_know_is_refused_before_anything_runs(
+    tmp_path: Path, sentiment_files: tuple[Path, Path]
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (model / "model.safetensors").write_bytes(b"")
+    path = write_definition(tmp_path, sentiment_files)
+    path.write_text(path.read_text() + f"model: {{name: {model}}}\n")
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    assert_clear_failure(
+        hpo("run", str(path), "--database-url", url), "model.name", "no-such-architecture"
+    )
+    assert Store.open(url).study_names() == []  # nothing ran, nothing recorded
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_a_model_that_cannot_load_is_refused_before_anything_runs(
     command: str, tmp_path: Path, sentiment_files: tuple[Path, Path]

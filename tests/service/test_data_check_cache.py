@@ -38,7 +38,9 @@ def folder(tmp_path: Path, sentiment_files: tuple[Path, Path]) -> Path:
     for source in sentiment_files:
         shutil.copy(source, tmp_path / source.name)
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")  # all check_model looks for
+    # All check_model looks for: a config naming its type, and weights.
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")
     return tmp_path
 
 
