@@ -358,8 +358,9 @@ def _fit(
         study_name=definition.name,
         storage=storage,
     )
-    source = definition.warm_start.study if definition.warm_start else None
-    searcher.seed(source, warm_start_trials(definition, storage), definition.enqueue)
+    if not searcher.seeded:  # run again after a crash: it was seeded the first time
+        source = definition.warm_start.study if definition.warm_start else None
+        searcher.seed(source, warm_start_trials(definition, storage), definition.enqueue)
     stoppers = [CancelWatch(store, definition.name)]
     stoppers += [c for c in callbacks if isinstance(c, tune.Stopper)]
     packing = plan_packing(definition, device_facts(definition, setup))

@@ -37,6 +37,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.errors import DefinitionError
 from hpo_service.core.records import CUT_OFF, TrialState
 from hpo_service.db.reconcile import (
     CHECKPOINT_ATTR,
@@ -77,13 +78,22 @@ def warm_start_trials(
     definition: StudyDefinition, storage: optuna.storages.BaseStorage
 ) -> list[FrozenTrial]:
     """The complete trials of the study named by ``warm_start`` whose parameters lie in this
-    study's space (none when it has no warm start or Optuna never heard of that study)."""
+    study's space (none when it has no warm start).
+
+    Raises ``DefinitionError`` on ``warm_start.study`` when that study is gone (deleted after
+    this one was submitted): the sampler would start cold, which the definition said it must not.
+    """
     if definition.warm_start is None:
         return []
+    name = definition.warm_start.study
     try:
-        source = optuna.load_study(study_name=definition.warm_start.study, storage=storage)
-    except KeyError:
-        return []
+        source = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as error:
+        raise DefinitionError(
+            "warm_start.study",
+            f"study {name!r} to warm-start from no longer exists (deleted after this study was "
+            "submitted); submit this study again without `warm_start`, or with another study",
+        ) from error
     finished = source.get_trials(deepcopy=False, states=(OptunaTrialState.COMPLETE,))
     return [trial for trial in finished if definition.parameters.holds(trial.params)]
 
@@ -131,12 +141,15 @@ class StudySearcher(OptunaSearch):
         # Ray pickles the searcher into tuner.pkl; the storage (and its URL) stays out.
         return {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_ot_study")}
 
+    @property
+    def seeded(self) -> bool:
+        """Whether the study ran before (Optuna holds its trials): seeded the first time."""
+        return bool(self._ot_study.get_trials(deepcopy=False))
+
     def seed(self, source: str | None, trials: list[FrozenTrial], enqueue: list[dict]) -> None:
         """On the study's first run only (Optuna holds none of its trials yet): ``trials`` of
         study ``source`` as finished trials the sampler learns from (they never run and never
         count), then the ``enqueue`` configurations, which run first, in order."""
-        if self._ot_study.get_trials(deepcopy=False):
-            return  # run again after a crash: it was seeded the first time
         for trial in trials:
             self._ot_study.add_trial(
                 create_trial(

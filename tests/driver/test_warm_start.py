@@ -9,6 +9,7 @@ import optuna
 import pytest
 from helpers import optuna_trials, run, tiny_study
 
+from hpo_service.core.definition import StudyDefinition
 from hpo_service.core.errors import DefinitionError
 from hpo_service.core.records import StudyStatus, TrialState
 from hpo_service.db.optuna_storage import optuna_storage
@@ -17,6 +18,7 @@ from hpo_service.driver.searcher import (
     REPEATS_ATTR,
     WARM_START_ATTR,
     StudySearcher,
+    warm_start_trials,
 )
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
@@ -91,14 +93,30 @@ def test_a_study_is_seeded_once_not_again_when_it_runs_again_after_a_crash(
             space=space, metric="objective", mode="max", study_name="seeded", storage=url
         )
 
-    searcher().seed("source", source.trials, [{"learning_rate": 1e-4}])
-    searcher().seed("source", source.trials, [{"learning_rate": 1e-4}])  # the rerun
+    first = searcher()
+    assert not first.seeded
+    first.seed("source", source.trials, [{"learning_rate": 1e-4}])
+    assert searcher().seeded  # the rerun: the runner seeds it no more
 
     trials = optuna.load_study(study_name="seeded", storage=url).trials
     assert [t.state for t in trials] == [
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.WAITING,
     ]
+
+
+def test_a_warm_start_from_a_study_deleted_since_submission_fails_saying_so(
+    tiny_models: dict[str, Path], sentiment_files: tuple[Path, Path], sqlite_url: str
+) -> None:
+    """The service checked the source at submission; deleted while this study queued, the
+    sampler would have started cold, silently."""
+    document = tiny_study(
+        "warm", tiny_models["bert"], sentiment_files, warm_start={"study": "gone"}
+    )
+    with pytest.raises(DefinitionError) as caught:
+        warm_start_trials(StudyDefinition.model_validate(document), optuna_storage(sqlite_url))
+    assert caught.value.field == "warm_start.study"
+    assert "'gone' to warm-start from no longer exists" in str(caught.value)
 
 
 def test_a_warm_start_from_a_missing_or_different_study_is_refused(
