@@ -96,7 +96,7 @@ def _refusal(
     if granted is not None and granted.allows(needed):
         return None
     if granted is not None:
-        message = f"this needs a {needed.value} token; this token is {granted.value}"
+        message = f"this needs a token of scope {needed.value}; this token's is {granted.value}"
         return JSONResponse({"detail": message}, status_code=403)
     if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
         wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -195,7 +195,7 @@ def test_tokens_for_a_service_that_requires_them(tmp_path: Path) -> None:
         result = runner.invoke(app, ["studies", "--server", service.url], env={"HPO_TOKEN": reader})
         assert result.exit_code == 0, result.output
         denied = hpo(service, "cancel", "anything", "--token", reader)
-        assert_clear_failure(denied, "needs a write token")
+        assert_clear_failure(denied, "needs a token of scope write")
 
 
 def test_cancel_stops_a_study_that_submit_is_waiting_for(
