@@ -6,6 +6,7 @@ one line built from the server's answer (or saying the server could not be reach
 
 from __future__ import annotations
 
+import re
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -22,7 +23,8 @@ from hpo_service.api.schemas import (
     TrialPage,
     TrialSummary,
 )
-from hpo_service.core.errors import ServiceError
+from hpo_service.core.definition import NAME_PATTERN
+from hpo_service.core.errors import DefinitionError, ServiceError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 M = TypeVar("M", bound=BaseModel)
@@ -130,6 +132,12 @@ class ServiceClient:
 
 
 def _study_path(name: str) -> str:
+    """The study's URL path; a name no study can have is refused here, as the server would
+    route some (``a/trials``, ``..``) to other endpoints."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise DefinitionError(
+            "name", f"{name!r} is not a study name (letters, digits, `.`, `_`, `-`; at most 128)"
+        )
     return f"/v1/studies/{quote(name, safe='')}"
 
 

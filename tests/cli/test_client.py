@@ -181,6 +181,16 @@ def test_unreachable_server() -> None:
     assert len(result.output.splitlines()) == 1
 
 
+@pytest.mark.parametrize("name", ["ok1/trials", "", "../../x", ".hidden"])
+def test_a_name_no_study_can_have_is_refused_before_asking_the_server(name: str) -> None:
+    """The server would route some of these to other endpoints (`ok1/trials`) and answer with
+    something else than the study."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: no request may be needed
+    for command in ("status", "trials", "best", "gate", "pareto", "cancel", "delete"):
+        result = runner.invoke(app, [command, name, "--server", url])
+        assert_clear_failure(result, "is not a study name", repr(name))
+
+
 def test_server_that_is_not_a_url() -> None:
     result = runner.invoke(app, ["studies", "--server", "localhost:8000"])
     assert_clear_failure(result, "localhost:8000")
