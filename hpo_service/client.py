@@ -38,6 +38,11 @@ class ServiceClient:
         self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if token and not re.fullmatch(r"[!-~]+", token):  # it would go into an HTTP header
+            raise ServiceError(
+                "the API token (--token or HPO_TOKEN) is not one: a token is printable ASCII, "
+                "with no spaces or line breaks"
+            )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self._http = httpx.Client(

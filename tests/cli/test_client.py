@@ -191,6 +191,14 @@ def test_a_name_no_study_can_have_is_refused_before_asking_the_server(name: str)
         assert_clear_failure(result, "is not a study name", repr(name))
 
 
+@pytest.mark.parametrize("token", ["✓", "hpo_abc\n", "hpo abc"])
+def test_a_token_that_cannot_be_one_is_refused_without_echoing_it(token: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(app, ["status", "x", "--server", url], env={"HPO_TOKEN": token})
+    assert_clear_failure(result, "the API token (--token or HPO_TOKEN) is not one")
+    assert token.strip() not in result.output
+
+
 def test_server_that_is_not_a_url() -> None:
     result = runner.invoke(app, ["studies", "--server", "localhost:8000"])
     assert_clear_failure(result, "localhost:8000")
