@@ -64,7 +64,15 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
             f"eval has labels that train lacks: {unseen[:5]} (train labels: {label_names})",
         )
     ids = {name: i for i, name in enumerate(label_names)}
-    train = _cap(train, spec.max_train_samples).assign(label=lambda d: d["label"].map(ids))
+    train = _cap(train, spec.max_train_samples)
+    kept = set(train["label"])
+    if len(kept) < len(label_names):
+        raise DefinitionError(
+            "dataset.max_train_samples",
+            f"the {len(train)} train row(s) it keeps hold labels {sorted(kept)[:5]} only, of "
+            f"{label_names[:10]}: no trial could learn the others; raise it",
+        )
+    train = train.assign(label=lambda d: d["label"].map(ids))
     evaluation = _cap(evaluation, spec.max_eval_samples).assign(label=lambda d: d["label"].map(ids))
     return LabelledData(train=train, eval=evaluation, label_names=label_names)
 

@@ -399,6 +399,13 @@ BAD_DATA = [
         id="more-column-names-than-columns",
     ),
     pytest.param(
+        {"train.csv": TRAIN_CSV, "dev.csv": EVAL_CSV.replace("so-so,neutral\n", "")},
+        {"train": "train.csv", "eval": "dev.csv", "max_train_samples": 1},
+        "dataset.max_train_samples",
+        ["1 train row(s) it keeps", "only", "['neg', 'pos']"],
+        id="train-cap-below-the-labels",
+    ),
+    pytest.param(
         {"train.txt": TRAIN_CSV},
         {"train": "train.txt"},
         "dataset.format",
