@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from hpo_service.core.errors import DefinitionError
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -324,9 +326,10 @@ class Parameters(_Spec):
                 count = _float_grid_count(spec)
                 grid[name] = [round(spec.low + i * spec.step, 12) for i in range(count)]
             else:
-                raise ValueError(
+                raise DefinitionError(
+                    f"parameters.{name}",
                     f"grid search needs a finite set of values, but `{name}` is continuous "
-                    f"({spec.model_dump(exclude_none=True)}); give it `choices` or a `step`"
+                    f"({spec.model_dump(exclude_none=True)}); give it `choices` or a `step`",
                 )
         return grid
 
@@ -340,9 +343,10 @@ class Parameters(_Spec):
             elif isinstance(spec, FloatRange) and spec.step is not None and not spec.log:
                 size *= _float_grid_count(spec)
             if size > MAX_GRID_POINTS:
-                raise ValueError(
+                raise DefinitionError(
+                    f"parameters.{name}",
                     f"grid search allows at most {MAX_GRID_POINTS} points, but the grid is "
-                    f"larger once `{name}` ({spec.model_dump(exclude_none=True)}) is added"
+                    f"larger once `{name}` ({spec.model_dump(exclude_none=True)}) is added",
                 )
 
 
@@ -398,19 +402,25 @@ class DatasetSpec(_Spec):
     @model_validator(mode="after")
     def _check_source(self) -> DatasetSpec:
         if (self.train is None) == (self.hub is None):
-            raise ValueError(
+            raise DefinitionError(
+                "train",
                 f"give exactly one of `train` (files) or `hub` (a datasets name), "
-                f"but got train={self.train!r}, hub={self.hub!r}"
+                f"but got train={self.train!r}, hub={self.hub!r}",
             )
         if self.eval is not None and self.eval_fraction is not None:
-            raise ValueError(
+            raise DefinitionError(
+                "eval_fraction",
                 f"give `eval` or `eval_fraction`, not both "
-                f"(eval={self.eval!r}, eval_fraction={self.eval_fraction})"
+                f"(eval={self.eval!r}, eval_fraction={self.eval_fraction})",
             )
         if self.hub is not None and (self.eval is not None):
-            raise ValueError("`eval` is a file; with `hub` name the split in `eval_split`")
+            raise DefinitionError(
+                "eval", "`eval` is a file; with `hub` name the split in `eval_split`"
+            )
         if self.column_names is not None and self.format in ("jsonl", "parquet"):
-            raise ValueError(f"`column_names` is for header-less CSV/TSV, not {self.format}")
+            raise DefinitionError(
+                "column_names", f"`column_names` is for header-less CSV/TSV, not {self.format}"
+            )
         return self
 
 
@@ -454,11 +464,12 @@ class Pick(_Spec):
     @model_validator(mode="after")
     def _check_tolerance(self) -> Pick:
         if self.rule == "within" and self.tolerance is None:
-            raise ValueError("the `within` rule needs a `tolerance`")
+            raise DefinitionError("tolerance", "the `within` rule needs a `tolerance`")
         if self.rule == "lexicographic" and self.tolerance is not None:
-            raise ValueError(
+            raise DefinitionError(
+                "tolerance",
                 f"`tolerance` is for the `within` rule, not `lexicographic` "
-                f"(got tolerance={self.tolerance})"
+                f"(got tolerance={self.tolerance})",
             )
         return self
 
@@ -719,24 +730,29 @@ class StudyDefinition(_Spec):
     def _check_objectives(self) -> StudyDefinition:
         if not self.objectives:
             if self.pick is not None:
-                raise ValueError("`pick` chooses among several `objectives`; give `objectives`")
+                raise DefinitionError(
+                    "pick", "`pick` chooses among several `objectives`; give `objectives`"
+                )
             return self
         if len(self.objectives) < 2:
-            raise ValueError(
-                "`objectives` takes 2 or more; give a single one in `objective` instead"
+            raise DefinitionError(
+                "objectives",
+                "`objectives` takes 2 or more; give a single one in `objective` instead",
             )
         metrics = [o.metric for o in self.objectives]
         if len(set(metrics)) != len(metrics):
-            raise ValueError(f"`objectives` names a metric twice: {metrics}")
+            raise DefinitionError("objectives", f"`objectives` names a metric twice: {metrics}")
         if self.objective.resolved() != self.objectives[0].resolved():
-            raise ValueError(
+            raise DefinitionError(
+                "objective",
                 "`objective` is the first of `objectives` (the primary one); leave it out or "
-                f"make it {self.objectives[0].metric} ({self.objectives[0].mode})"
+                f"make it {self.objectives[0].metric} ({self.objectives[0].mode})",
             )
         if self.confirm is not None:
-            raise ValueError(
+            raise DefinitionError(
+                "confirm",
                 "`confirm` ranks configurations by one objective; a study with several "
-                "`objectives` cannot have a confirmation stage yet"
+                "`objectives` cannot have a confirmation stage yet",
             )
         return self
 
@@ -753,16 +769,18 @@ class StudyDefinition(_Spec):
     @model_validator(mode="after")
     def _check_search(self) -> StudyDefinition:
         if not self.parameters.searched():
-            raise ValueError(
+            raise DefinitionError(
+                "parameters",
                 "`parameters` searches nothing: give at least one parameter a range or "
-                "`choices` (a one-choice `categorical` runs a single fixed configuration)"
+                "`choices` (a one-choice `categorical` runs a single fixed configuration)",
             )
         if isinstance(self.sampler, GridSampler):
             size = self.grid_size()  # raises for a continuous parameter
             if self.limits.trials is not None and self.limits.trials > size:
-                raise ValueError(
+                raise DefinitionError(
+                    "limits.trials",
                     f"the grid has {size} points, so `limits.trials` must be <= {size}, "
-                    f"but got {self.limits.trials}"
+                    f"but got {self.limits.trials}",
                 )
         self._check_enqueued()
         if isinstance(self.early_stopping, PopulationBased):
@@ -770,9 +788,10 @@ class StudyDefinition(_Spec):
         if not isinstance(self.early_stopping, NoEarlyStopping):
             budget = self.parameters.max_epochs()
             if self.early_stopping.grace_period > budget:
-                raise ValueError(
+                raise DefinitionError(
+                    "early_stopping.grace_period",
                     f"`early_stopping.grace_period` ({self.early_stopping.grace_period}) must "
-                    f"not exceed the epoch budget ({budget})"
+                    f"not exceed the epoch budget ({budget})",
                 )
         return self
 
@@ -784,38 +803,47 @@ class StudyDefinition(_Spec):
         for knob in self.early_stopping.mutate:
             spec = searched.get(knob)
             if not isinstance(spec, FloatRange | Categorical):
-                raise ValueError(
+                raise DefinitionError(
+                    "early_stopping.mutate",
                     f"`early_stopping.mutate` names {knob}, which must be searched (a float "
-                    f"range or `choices`) for PBT to perturb it"
+                    f"range or `choices`) for PBT to perturb it",
                 )
         needs = [
             (
                 self.limits.concurrent_trials < 2,
+                "limits.concurrent_trials",
                 "`limits.concurrent_trials` of 2 or more (the population trains at once)",
             ),
-            (not self.execution.checkpoints, "`execution.checkpoints: true`"),
+            (
+                not self.execution.checkpoints,
+                "execution.checkpoints",
+                "`execution.checkpoints: true`",
+            ),
             (
                 self.execution.fuse_trials not in ("auto", 1),
+                "execution.fuse_trials",
                 "`execution.fuse_trials` 1 or auto (PBT restarts each member from another's state "
                 "as a trial of its own)",
             ),
             (
                 self.confirm is not None,
+                "confirm",
                 "no `confirm` stage (a PBT result is a schedule of "
                 "values, not one configuration to run again)",
             ),
         ]
-        for missing, what in needs:
+        for missing, field, what in needs:
             if missing:
-                raise ValueError(
-                    f"population-based training (`early_stopping.type: pbt`) needs {what}"
+                raise DefinitionError(
+                    field, f"population-based training (`early_stopping.type: pbt`) needs {what}"
                 )
 
     def _check_enqueued(self) -> None:
         if self.enqueue and isinstance(self.sampler, GridSampler):
-            raise ValueError(
+            raise DefinitionError(
+                "enqueue",
                 "`enqueue` does not go with a `grid` sampler: a grid runs each of its points once, "
-                "in its own order, and would run an enqueued point a second time"
+                "in its own order, and would run an enqueued point a second time",
             )
         searched = self.parameters.searched()
         for i, point in enumerate(self.enqueue):
@@ -823,18 +851,22 @@ class StudyDefinition(_Spec):
                 try:
                     _check_storable_scalar(value)
                 except ValueError as error:
-                    raise ValueError(f"`enqueue[{i}].{knob}` {error}") from error
+                    raise DefinitionError(
+                        f"enqueue.{i}.{knob}", f"`enqueue[{i}].{knob}` {error}"
+                    ) from error
                 spec = searched.get(knob)
                 if spec is None:
-                    raise ValueError(
+                    raise DefinitionError(
+                        f"enqueue.{i}.{knob}",
                         f"`enqueue[{i}].{knob}` is not a searched parameter; searched: "
-                        f"{', '.join(searched)}"
+                        f"{', '.join(searched)}",
                     )
                 if not spec.contains(value):
                     shown = spec.model_dump(exclude={"type"}, exclude_none=True)
-                    raise ValueError(
+                    raise DefinitionError(
+                        f"enqueue.{i}.{knob}",
                         f"`enqueue[{i}].{knob}` must lie in the parameter's {spec.type} space "
-                        f"{shown}, but got {value!r}"
+                        f"{shown}, but got {value!r}",
                     )
 
     def grid_size(self) -> int:
@@ -860,6 +892,10 @@ def error_items(error: ValidationError) -> list[tuple[str, str]]:
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p))
         message = item["msg"].removeprefix("Value error, ")
+        raised = (item.get("ctx") or {}).get("error")
+        if isinstance(raised, DefinitionError):  # a check across fields names the one at fault
+            loc = ".".join(filter(None, [loc, raised.field]))
+            message = raised.message
         given = item.get("input")
         shown = "" if isinstance(given, dict) or "but got" in message else f" (got {given!r})"
         items.append((loc or "definition", f"{message}{shown}"))

@@ -147,14 +147,14 @@ def bad_submissions(files: tuple[Path, Path]) -> dict[str, tuple[str, str, str]]
         ),
         "grid-of-2**62-points": json_case(
             files,
-            "definition",
+            "parameters.batch_size",
             sampler={"type": "grid"},
             limits={"trials": None},
             parameters={"batch_size": {"type": "int", "low": 1, "high": 2**62}},
         ),
         "grid-step-1e-300": json_case(
             files,
-            "definition",
+            "parameters.learning_rate",
             sampler={"type": "grid"},
             limits={"trials": None},
             parameters={"learning_rate": {"type": "float", "low": 0, "high": 1, "step": 1e-300}},

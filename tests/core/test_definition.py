@@ -16,6 +16,7 @@ from hpo_service.core.definition import (
     StudyDefinition,
     TpeSampler,
     describe_errors,
+    error_items,
 )
 from hpo_service.core.errors import NotFoundError
 from hpo_service.core.presets import list_presets, merge, resolve_definition
@@ -398,6 +399,47 @@ def test_bad_definition_names_field_and_value(
     assert any(all(text in line for text in shown) for line in lines), (
         f"no line shows all of {shown}: {lines}"
     )
+
+
+TWO_OBJECTIVES = {"objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}]}
+PBT = {"early_stopping": {"type": "pbt"}, "limits": {"concurrent_trials": 4}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"parameters": {"learning_rate": 3e-5}}, "parameters"),
+        (
+            {
+                "parameters": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}},
+                "sampler": {"type": "grid"},
+            },
+            "parameters.learning_rate",
+        ),
+        ({"sampler": {"type": "grid"}, "limits": {"trials": 5}}, "limits.trials"),
+        ({"sampler": {"type": "grid"}, "enqueue": [{"learning_rate": 3e-5}]}, "enqueue"),
+        ({"enqueue": [{"learning_rate": 1.0}]}, "enqueue.0.learning_rate"),
+        ({"enqueue": [{}, {"warmup_ratio": 0.1}]}, "enqueue.1.warmup_ratio"),
+        ({"early_stopping": {"type": "asha", "grace_period": 5}}, "early_stopping.grace_period"),
+        ({"objectives": [{"metric": "accuracy"}]}, "objectives"),
+        ({"pick": {"rule": "lexicographic"}}, "pick"),
+        ({**TWO_OBJECTIVES, "pick": {"rule": "within"}}, "pick.tolerance"),
+        ({**TWO_OBJECTIVES, "confirm": {"top_k": 2}}, "confirm"),
+        ({"early_stopping": {"type": "pbt"}}, "limits.concurrent_trials"),
+        ({**PBT, "execution": {"checkpoints": False}}, "execution.checkpoints"),
+        ({**PBT, "confirm": {"top_k": 2}}, "confirm"),
+        ({"dataset": {"hub": "glue"}}, "dataset.train"),
+        ({"dataset": {"eval": "dev.csv", "eval_fraction": 0.1}}, "dataset.eval_fraction"),
+        ({"dataset": {"format": "jsonl", "column_names": ["a"]}}, "dataset.column_names"),
+    ],
+)
+def test_a_check_across_fields_puts_its_error_on_the_field_at_fault(
+    overrides: dict[str, Any], field: str
+) -> None:
+    """What the API's 422 shows in `loc`, and the CLI before the message."""
+    with pytest.raises(ValidationError) as caught:
+        definition(**overrides)
+    assert [loc for loc, _ in error_items(caught.value)] == [field]
 
 
 @pytest.mark.parametrize("gpus", [0.25, 1, 2])
