@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -887,8 +888,10 @@ class StudyDefinition(_Spec):
 
 
 def error_items(error: ValidationError) -> list[tuple[str, str]]:
-    """Each problem as (dotted field, what is wrong with the value given)."""
-    items = []
+    """Each problem as (dotted field, what is wrong with the value given). A value that no
+    type of a union of scalars takes is one problem naming them all, not one per type."""
+    items: list[tuple[str, str]] = []
+    kinds: list[str] = []  # the types the last item's value is none of
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p))
         message = item["msg"].removeprefix("Value error, ")
@@ -898,7 +901,15 @@ def error_items(error: ValidationError) -> list[tuple[str, str]]:
             message = raised.message
         given = item.get("input")
         shown = "" if isinstance(given, dict) or "but got" in message else f" (got {given!r})"
-        items.append((loc or "definition", f"{message}{shown}"))
+        loc = loc or "definition"
+        kind = _NOT_OF_TYPE.fullmatch(message)
+        if kind and kinds and items[-1][0] == loc:
+            kinds.append(kind[1])
+            shown_kinds = f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+            items[-1] = (loc, f"Input should be a valid {shown_kinds}{shown}")
+            continue
+        kinds = [kind[1]] if kind else []
+        items.append((loc, f"{message}{shown}"))
     return items
 
 
@@ -907,7 +918,11 @@ def describe_errors(error: ValidationError) -> list[str]:
     return [f"{loc}: {message}" for loc, message in error_items(error)]
 
 
+_NOT_OF_TYPE = re.compile(r"Input should be a valid (\w+)")
+
+
 def _is_union_tag(part: str | int) -> bool:
-    tags = ("float", "int", "categorical", "fixed", "tpe", "grid", "random", "none", "asha")
+    tags = ("float", "int", "bool", "str", "categorical", "fixed", "tpe", "grid", "random")
+    tags += ("none", "asha")
     tags += ("hyperband", "median", "pbt")
     return part in tags or str(part).startswith("literal[")

@@ -401,6 +401,14 @@ def test_bad_definition_names_field_and_value(
     )
 
 
+def test_a_value_that_no_type_of_a_union_takes_is_one_problem() -> None:
+    """Not one line per type the value could have had (pydantic's one error per member)."""
+    assert error_lines(parameters={"batch_size": {"type": "categorical", "choices": [None]}}) == [
+        "parameters.batch_size.choices.0: Input should be a valid boolean, integer, number or "
+        "string (got None)"
+    ]
+
+
 TWO_OBJECTIVES = {"objectives": [{"metric": "accuracy"}, {"metric": "train_seconds"}]}
 PBT = {"early_stopping": {"type": "pbt"}, "limits": {"concurrent_trials": 4}}
 
