@@ -14,6 +14,7 @@ from typing import Any
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -159,6 +160,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValidationError)
     async def validation_error(request: Request, error: ValidationError) -> JSONResponse:
         detail = [{"loc": loc.split("."), "msg": msg} for loc, msg in error_items(error)]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation_error(
+        request: Request, error: RequestValidationError
+    ) -> JSONResponse:
+        """A bad path or query parameter: its location and what is wrong, in the shape of every
+        other 422 (FastAPI's own would echo the value given, however long)."""
+        detail = [{"loc": list(item["loc"]), "msg": item["msg"]} for item in error.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RecursionError)

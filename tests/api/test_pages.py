@@ -203,6 +203,12 @@ def test_one_trial_comes_with_its_curve(app: tuple[TestClient, Store]) -> None:
     for query in ("offset=-1", f"offset={2**63}", "limit=0", "limit=1001"):
         answer = client.get(f"/v1/studies/study-000/trials?{query}")
         assert answer.status_code == 422, answer.text
+        # Every 422's shape: the parameter's location and what is wrong, not the value echoed.
+        [problem] = answer.json()["detail"]
+        assert set(problem) == {"loc", "msg"} and problem["loc"] == ["query", query.split("=")[0]]
+    long_name = "a" * 3000
+    answer = client.get(f"/v1/studies/{long_name}")
+    assert answer.status_code == 422 and long_name not in answer.text
 
 
 @pytest.mark.parametrize("path", ["/v1/studies/study-000", "/v1/studies/study-000/trials"])
