@@ -126,19 +126,24 @@ def _answer_unknown_api_paths(app: FastAPI) -> None:
     """A path under /v1 that no endpoint serves answers in JSON, as the API's errors do (not
     with the dashboard's HTML page): 405 with ``Allow`` where other methods serve it, else 404."""
 
-    @app.api_route(_UNKNOWN_API_PATH, methods=list(_HTTP_METHODS), include_in_schema=False)
-    def unknown_api_path(request: Request, path: str) -> JSONResponse:
+    def unknown_api_path(request: Request) -> JSONResponse:
+        path = request.url.path
         allowed = [m for m in _HTTP_METHODS if _served(app, {**request.scope, "method": m})]
         if allowed:
             return JSONResponse(
-                {"detail": f"{request.method} is not allowed on /v1/{path}"},
+                {"detail": f"{request.method} is not allowed on {path}"},
                 status_code=405,
                 headers={"Allow": ", ".join(allowed)},
             )
-        return JSONResponse({"detail": f"no such endpoint: /v1/{path}"}, status_code=404)
+        return JSONResponse({"detail": f"no such endpoint: {path}"}, status_code=404)
+
+    for unknown in _UNKNOWN_API_PATHS:
+        app.add_api_route(
+            unknown, unknown_api_path, methods=list(_HTTP_METHODS), include_in_schema=False
+        )
 
 
-_UNKNOWN_API_PATH = "/v1/{path:path}"
+_UNKNOWN_API_PATHS = ("/v1", "/v1/{path:path}")
 _HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -147,7 +152,7 @@ def _served(app: FastAPI, scope: dict[str, Any]) -> bool:
     return any(
         route.matches(scope)[0] == Match.FULL
         for route in app.router.routes
-        if not isinstance(route, Mount) and getattr(route, "path", None) != _UNKNOWN_API_PATH
+        if not isinstance(route, Mount) and getattr(route, "path", None) not in _UNKNOWN_API_PATHS
     )
 
 

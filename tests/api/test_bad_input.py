@@ -320,6 +320,8 @@ def test_an_unknown_preset_of_any_length_is_a_clear_answer(
         ("DELETE", "/v1/studies", 405, "GET, POST"),
         ("GET", "/v1/studies/kept/cancel", 405, "POST"),
         ("GET", "/v1/no-such-endpoint", 404, None),
+        ("GET", "/v1", 404, None),
+        ("GET", "/v1/", 404, None),
         ("POST", "/v1/studies/kept/trials/0/more", 404, None),
     ],
 )
