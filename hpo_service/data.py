@@ -27,6 +27,8 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
 }
 SPLIT_SEED = 0
+# A label column whose values are mostly distinct (over more than MANY_LABELS labels) is text.
+MAX_DISTINCT_SHARE, MANY_LABELS = 0.5, 20
 _INTEGER = re.compile(r"-?[0-9]+")  # labels read as whole numbers (ASCII digits only)
 
 
@@ -61,7 +63,7 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
     if unseen:
         raise DefinitionError(
             "dataset.label_field",
-            f"eval has labels that train lacks: {unseen[:5]} (train labels: {label_names})",
+            f"eval has labels that train lacks: {unseen[:5]} (train labels: {_some(label_names)})",
         )
     ids = {name: i for i, name in enumerate(label_names)}
     train = _cap(train, spec.max_train_samples)
@@ -70,7 +72,7 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
         raise DefinitionError(
             "dataset.max_train_samples",
             f"the {len(train)} train row(s) it keeps hold labels {sorted(kept)[:5]} only, of "
-            f"{label_names[:10]}: no trial could learn the others; raise it",
+            f"{_some(label_names)}: no trial could learn the others; raise it",
         )
     train = train.assign(label=lambda d: d["label"].map(ids))
     evaluation = _cap(evaluation, spec.max_eval_samples).assign(label=lambda d: d["label"].map(ids))
@@ -247,8 +249,6 @@ def _label_names(train: pd.DataFrame) -> list[str]:
         raise DefinitionError(
             "dataset.label_field", f"classification needs 2 or more labels, but got {names}"
         )
-    if all(_INTEGER.fullmatch(n) for n in names):
-        return sorted(names, key=int)
     fractions = [n for n in names if _is_number(n) and not float(n).is_integer()]
     if fractions and all(_is_number(n) for n in names):
         smallest = ", ".join(sorted(fractions, key=float)[:3])
@@ -258,7 +258,22 @@ def _label_names(train: pd.DataFrame) -> list[str]:
             f"{len(names)} distinct), a regression target: hpo-service fine-tunes classifiers, "
             "whose labels are whole numbers or names",
         )
+    if len(names) > MAX_DISTINCT_SHARE * len(train) and len(names) > MANY_LABELS:
+        raise DefinitionError(
+            "dataset.label_field",
+            f"{len(names)} distinct labels over {len(train)} train rows (first: "
+            f"{_some(sorted(names), 3)}): a label column holds a few classes, each many times; "
+            "is it the text column?",
+        )
+    if all(_INTEGER.fullmatch(n) for n in names):
+        return sorted(names, key=int)
     return sorted(names)
+
+
+def _some(labels: list[str], shown: int = 10) -> str:
+    """The first few labels, and how many there are when that is not all of them."""
+    more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    return f"{labels[:shown]}{more}"
 
 
 def _is_number(text: str) -> bool:

@@ -405,6 +405,13 @@ BAD_DATA = [
         ["1 train row(s) it keeps", "only", "['neg', 'pos']"],
         id="train-cap-below-the-labels",
     ),
+    pytest.param(  # every sentence a class of its own
+        {"train.csv": "sentence,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(30))},
+        {"train": "train.csv", "label_field": "sentence", "text_fields": ["label"]},
+        "dataset.label_field",
+        ["30 distinct labels over 30 train rows", "'text 0'", "is it the text column?"],
+        id="label-field-names-the-text",
+    ),
     pytest.param(
         {"train.txt": TRAIN_CSV},
         {"train": "train.txt"},
