@@ -7,6 +7,7 @@ every check says which value was wrong.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -900,7 +901,7 @@ def error_items(error: ValidationError) -> list[tuple[str, str]]:
             loc = ".".join(filter(None, [loc, raised.field]))
             message = raised.message
         given = item.get("input")
-        shown = "" if isinstance(given, dict) or "but got" in message else f" (got {given!r})"
+        shown = "" if isinstance(given, dict) or "but got" in message else f" (got {_shown(given)})"
         loc = loc or "definition"
         kind = _NOT_OF_TYPE.fullmatch(message)
         if kind and kinds and items[-1][0] == loc:
@@ -916,6 +917,13 @@ def error_items(error: ValidationError) -> list[tuple[str, str]]:
 def describe_errors(error: ValidationError) -> list[str]:
     """One line per problem: the dotted field, what is wrong, and the value given."""
     return [f"{loc}: {message}" for loc, message in error_items(error)]
+
+
+def _shown(given: Any) -> str:
+    """A value as the user wrote it: YAML reads 2024-01-31 as a date, not as text."""
+    if isinstance(given, datetime.date):
+        return f"{given.isoformat()}, which YAML reads as a date: quote it"
+    return repr(given)
 
 
 _NOT_OF_TYPE = re.compile(r"Input should be a valid (\w+)")

@@ -3,6 +3,7 @@ good ones get the documented defaults."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -399,6 +400,11 @@ def test_bad_definition_names_field_and_value(
     assert any(all(text in line for text in shown) for line in lines), (
         f"no line shows all of {shown}: {lines}"
     )
+
+
+def test_a_date_that_yaml_read_is_shown_as_written() -> None:
+    [line] = error_lines(name=datetime.date(2024, 1, 31))
+    assert line.startswith("name: ") and "(got 2024-01-31, which YAML reads as a date" in line
 
 
 def test_a_value_that_no_type_of_a_union_takes_is_one_problem() -> None:
