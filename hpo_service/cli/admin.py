@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,7 @@ from hpo_service.cli.common import (
     settings_with,
     token_app,
 )
-from hpo_service.core.errors import HpoError
+from hpo_service.core.errors import HpoError, StorageError
 
 
 @db_app.command("upgrade")
@@ -140,7 +141,24 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def store_for(database_url: str | None) -> Any:
+def store_for(database_url: str | None, *, existing: bool = False) -> Any:
+    """The store at ``database_url`` (else the settings'); ``existing``: for a command that only
+    reads, an SQLite file that is not there is an error, not a new empty database."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     from hpo_service.db.store import Store
 
-    return Store.open(settings_for(database_url).database_url)
+    url = settings_for(database_url).database_url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None  # Store.open says what is wrong with it
+    if existing and parsed is not None and parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not Path(path).expanduser().exists():
+            raise StorageError(
+                f"no database at {path}: give --database-url (HPO_DATABASE_URL), or --server "
+                "(HPO_SERVER_URL) for a service's studies"
+            )
+    return Store.open(url)

@@ -129,7 +129,7 @@ def best(
         with client_for(server, token) as client:
             typer.echo(client.best(study, format))
         return
-    document = best_config(store_for(database_url), study)
+    document = best_config(store_for(database_url, existing=True), study)
     typer.echo(render(document, format))  # type: ignore[arg-type]
 
 
@@ -239,7 +239,7 @@ def _status_and_best_from_database(
     from hpo_service.core.errors import NotFoundError
     from hpo_service.service.best import best_config
 
-    store = store_for(database_url)
+    store = store_for(database_url, existing=True)
     status = store.get_study(study).status.value
     try:
         return status, best_config(store, study)

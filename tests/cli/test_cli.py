@@ -162,8 +162,20 @@ def test_presets_lists_every_preset() -> None:
 
 
 def test_best_of_unknown_study(tmp_path: Path) -> None:
-    result = hpo("best", "nosuch", "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
-    assert_clear_failure(result, "no study named", "nosuch")
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    Store.open(url)
+    assert_clear_failure(hpo("best", "nosuch", "--database-url", url), "no study named", "nosuch")
+
+
+@pytest.mark.parametrize("command", [["best", "x"], ["gate", "x", "--min", "0.5"]])
+def test_reading_a_database_file_that_is_not_there_says_so_and_creates_none(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Say, `hpo best` run in another folder than the one with hpo.db."""
+    missing = tmp_path / "hpo.db"
+    result = hpo(*command, "--database-url", f"sqlite:///{missing}")
+    assert_clear_failure(result, f"no database at {missing}", "--server")
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize(
