@@ -199,6 +199,7 @@ class Knob(BaseModel):
     default: Scalar | None
     low: float | None = None
     high: float | None = None
+    low_inclusive: bool = True
     high_inclusive: bool = True
     choices: tuple[str, ...] = ()
 
@@ -212,8 +213,11 @@ class Knob(BaseModel):
             raise ValueError(f"`{name}` takes {self.kind} values, but got {value!r}")
         if self.choices and value not in self.choices:
             raise ValueError(f"`{name}` must be one of {list(self.choices)}, but got {value!r}")
-        if self.low is not None and value < self.low:
-            raise ValueError(f"`{name}` must be >= {self.low}, but got {value!r}")
+        if self.low is not None and (
+            value < self.low or (not self.low_inclusive and value == self.low)
+        ):
+            sign = ">=" if self.low_inclusive else ">"
+            raise ValueError(f"`{name}` must be {sign} {self.low}, but got {value!r}")
         if self.high is not None and (
             value > self.high or (not self.high_inclusive and value == self.high)
         ):
@@ -242,7 +246,8 @@ KNOBS: dict[str, Knob] = {
     "lr_scheduler": Knob(kind="str", default="linear", choices=LR_SCHEDULERS),
     "seed": Knob(kind="int", default=42, low=0, high=SEED_MAX),
     "max_grad_norm": Knob(kind="float", default=1.0, low=0.0),
-    "adam_epsilon": Knob(kind="float", default=1e-8, low=0.0),
+    # 0 divides by zero wherever a gradient is 0 (an unused embedding row, say): NaN weights.
+    "adam_epsilon": Knob(kind="float", default=1e-8, low=0.0, low_inclusive=False),
     "label_smoothing": Knob(kind="float", default=0.0, low=0.0, high=1.0, high_inclusive=False),
 }
 

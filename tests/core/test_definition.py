@@ -151,6 +151,11 @@ BAD_DEFINITIONS = [
         ("parameters", "dropout", "1.0"),
         id="dropout-of-one",
     ),
+    pytest.param(  # AdamW would divide by zero where a gradient is 0: NaN weights
+        {"parameters": {"adam_epsilon": 0.0}},
+        ("adam_epsilon", "must be > 0.0", "0.0"),
+        id="adam-epsilon-of-zero",
+    ),
     pytest.param(
         {"parameters": {"learning_rate": 3e-5}},
         ("parameters", "searches nothing"),
