@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,12 +20,19 @@ from hpo_service.training.engine import REPLAYED_KEY
 
 
 def trial_error_message(trial: Any) -> str:
-    """The last line of a failed trial's traceback: the exception and its message."""
+    """The last line of a failed trial's traceback: the exception, by its class's name
+    (``TrainingDiverged``, not ``hpo_service.training.engine.TrainingDiverged``), and its
+    message."""
     # The driver's copy of the error file: the copy in storage is synced later.
     path = Path(trial.error_file) if trial.error_file else None
     text = path.read_text() if path is not None and path.is_file() else ""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "the trial failed without an error message"
+    if not lines:
+        return "the trial failed without an error message"
+    return _MODULE_OF_EXCEPTION.sub("", lines[-1])
+
+
+_MODULE_OF_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )")
 
 
 class TrialRecorder(Callback):

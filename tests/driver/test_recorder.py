@@ -90,17 +90,28 @@ def test_trials_epochs_and_outcomes_are_recorded(store: Store, searcher: StudySe
     assert trials[2].cut_off  # the study's stop, not the trial's training
 
 
+@pytest.mark.parametrize(
+    ("last_line", "recorded_error"),
+    [
+        ("ValueError: lr too low", "ValueError: lr too low"),
+        (
+            "hpo_service.training.engine.TrainingDiverged: training diverged at epoch 1: a.b nan",
+            "TrainingDiverged: training diverged at epoch 1: a.b nan",
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory.", "OutOfMemoryError: CUDA out of memory."),
+    ],
+)
 def test_an_error_is_recorded_with_the_exception_line(
-    store: Store, searcher: StudySearcher, tmp_path: Path
+    store: Store, searcher: StudySearcher, tmp_path: Path, last_line: str, recorded_error: str
 ) -> None:
     error_file = tmp_path / "error.txt"
-    error_file.write_text("Traceback (most recent call last):\n  ...\nValueError: lr too low\n")
+    error_file.write_text(f"Traceback (most recent call last):\n  ...\n{last_line}\n")
     trial = ray_trial(searcher, "a", error_file=str(error_file))
     recorder = TrialRecorder(store, "study", searcher)
     recorder.on_trial_start(0, [], trial)
     recorder.on_trial_error(0, [], trial)
     [recorded] = store.trials("study")
-    assert (recorded.state, recorded.error) == (TrialState.FAILED, "ValueError: lr too low")
+    assert (recorded.state, recorded.error) == (TrialState.FAILED, recorded_error)
 
 
 def test_a_rerun_from_a_checkpoint_carries_its_curve_and_checkpoints_reach_optuna(
