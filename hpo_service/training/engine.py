@@ -215,7 +215,13 @@ def epoch_report(
 
 
 class TrainingDiverged(RuntimeError):
-    """An epoch ended with a loss or a score that is not a finite number."""
+    """A loss or a score that is not a finite number: during an epoch or at its end."""
+
+
+# Every this many optimizer steps the epoch's loss so far is checked (one host sync): a trial
+# that diverged early in a long epoch ends there, not after spending the rest of it on NaNs.
+DIVERGENCE_CHECK_STEPS = 100
+_DIVERGED_HINT = "(a lower learning_rate or a max_grad_norm may help)"
 
 
 def check_finite(report: dict[str, Any]) -> None:
@@ -230,8 +236,7 @@ def check_finite(report: dict[str, Any]) -> None:
     ]
     if bad:
         raise TrainingDiverged(
-            f"training diverged at epoch {report['epoch']}: {', '.join(bad)} "
-            "(a lower learning_rate or a max_grad_norm may help)"
+            f"training diverged at epoch {report['epoch']}: {', '.join(bad)} {_DIVERGED_HINT}"
         )
 
 
@@ -313,10 +318,14 @@ def run_epoch(
     hyper: TrialHyper,
     first_step: int = 1,
     on_step: Callable[[StepTrace], None] | None = None,
+    *,
+    epoch: int = 1,
+    check_every: int = DIVERGENCE_CHECK_STEPS,
 ) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps (:func:`optimizer_step`), each over
     ``gradient_accumulation_steps`` batches (the last group may be shorter, as Trainer).
-    Returns the sum of the steps' losses (on the device) and the number of steps."""
+    Returns the sum of the steps' losses (on the device) and the number of steps; raises
+    ``TrainingDiverged`` when, every ``check_every`` steps, that sum is not finite."""
     accumulation = hyper.gradient_accumulation_steps
     total = torch.zeros((), device=batches[0].input_ids.device) if batches else torch.zeros(())
     steps = 0
@@ -329,6 +338,11 @@ def run_epoch(
         total += step_loss
         if on_step is not None:
             on_step(StepTrace(first_step + steps - 1, learning_rate, grad_norm, step_loss))
+        if steps % check_every == 0 and not bool(torch.isfinite(total)):
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch}, step {first_step + steps - 1}: "
+                f"train_loss {float(total) / steps} {_DIVERGED_HINT}"
+            )
     return total, steps
 
 
@@ -375,7 +389,16 @@ def train(
             model.train()
             batches = train_batches(train_split, hyper.batch_size, hyper.seed, epoch)
             loss_sum, steps = run_epoch(
-                logits_of, parameters, optimizer, scheduler, batches, hyper, step, on_step
+                logits_of,
+                parameters,
+                optimizer,
+                scheduler,
+                batches,
+                hyper,
+                step,
+                on_step,
+                epoch=epoch,
+                check_every=DIVERGENCE_CHECK_STEPS,
             )
             step += steps
             model.eval()

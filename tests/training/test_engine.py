@@ -18,6 +18,7 @@ from tiny_models import save_tiny_model
 
 from hpo_service.core.definition import KNOBS, DatasetSpec, ModelSpec
 from hpo_service.data import load_labelled_data
+from hpo_service.training import engine
 from hpo_service.training.batches import TensorData, batches_of, steps_per_epoch
 from hpo_service.training.engine import (
     METRICS,
@@ -281,3 +282,24 @@ def test_a_diverged_training_fails_at_its_first_nan_epoch_without_reporting_it(
     with pytest.raises(TrainingDiverged, match=r"^training diverged at epoch 1: train_loss nan"):
         train(diverging, {"num_train_epochs": 3}, reports.append, CPU)
     assert reports == []  # no NaN scores reach the tables, Optuna or the schedulers
+
+
+def test_a_long_epoch_ends_at_its_first_check_after_diverging(
+    tmp_path: Path, setup: TrialSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after spending the rest of the epoch on NaNs."""
+    monkeypatch.setattr(engine, "DIVERGENCE_CHECK_STEPS", 2)
+    folder = save_tiny_model("bert", tmp_path / "overflowing", overflowing=True)
+    diverging = replace(setup, model=ModelSpec(name=str(folder)))
+    steps: list[StepTrace] = []
+    with pytest.raises(
+        TrainingDiverged, match=r"^training diverged at epoch 1, step 2: train_loss"
+    ):
+        train(
+            diverging,
+            {"num_train_epochs": 3, "batch_size": 4},
+            [].append,
+            CPU,
+            on_step=steps.append,
+        )
+    assert len(steps) == 2  # of the epoch's many
