@@ -30,7 +30,7 @@ from hpo_service.cli.common import (
     print_trials,
     settings_for,
 )
-from hpo_service.core.definition import StudyDefinition
+from hpo_service.core.definition import METRICS, StudyDefinition
 from hpo_service.core.errors import HpoError
 
 
@@ -173,6 +173,8 @@ def gate(
 
     if on not in STATISTICS:
         raise HpoError(f"--on must be one of {', '.join(STATISTICS)}, not {on!r}")
+    if metric is not None and metric not in METRICS:
+        raise HpoError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     for option, number in (("--min", minimum), ("--max", maximum), ("--max-drop", max_drop)):
         if number is not None and not math.isfinite(number):
             raise HpoError(f"{option} must be a finite number, not {number}")

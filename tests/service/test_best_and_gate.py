@@ -243,6 +243,9 @@ def test_the_gate_passes_and_fails_on_thresholds(finished: tuple[str, Path]) -> 
     code, output = gate(url, "tuned", "--min", "0", "--on", "median")
     assert code == 2 and "--on must be one of mean, mean-std, worst" in output
     assert "Traceback" not in output
+    for metric in ("", "perplexity"):  # "" used to judge the default metric
+        code, output = gate(url, "tuned", "--min", "0", "--metric", metric)
+        assert code == 2 and "--metric must be one of accuracy, f1" in output, output
 
 
 def test_the_gate_fails_on_a_regression_from_a_baseline(finished: tuple[str, Path]) -> None:
