@@ -71,7 +71,7 @@ def load_labelled_data(spec: DatasetSpec) -> LabelledData:
     if len(kept) < len(label_names):
         raise DefinitionError(
             "dataset.max_train_samples",
-            f"the {len(train)} train row(s) it keeps hold labels {sorted(kept)[:5]} only, of "
+            f"the {len(train)} train row(s) it keeps hold labels {_some(sorted(kept), 5)} only, of "
             f"{_some(label_names)}: no trial could learn the others; raise it",
         )
     train = train.assign(label=lambda d: d["label"].map(ids))

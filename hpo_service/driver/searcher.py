@@ -320,16 +320,16 @@ class StudySearcher(OptunaSearch):
                 ot_trial.report(result[self.metric], step)  # type: ignore[index]
         elif outcome == TrialState.FAILED:
             ot_trial.set_user_attr(ERROR_ATTR, UNEVALUATED)
-        self._ot_study.tell(ot_trial, value, state=state)
-        self._completed_trials.add(trial_id)
-        self._reported_steps.pop(trial_id, None)
+        self._tell(trial_id, value, state)
 
     def fail(self, trial_id: str, error: str) -> None:
         """Tell Optuna the trial failed, with ``error`` for the dashboard to show."""
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr(ERROR_ATTR, error)
-        self._ot_study.tell(ot_trial, state=OptunaTrialState.FAIL)
+        self._ot_trials[trial_id].set_user_attr(ERROR_ATTR, error)
+        self._tell(trial_id, None, OptunaTrialState.FAIL)
+
+    def _tell(self, trial_id: str, value: Any, state: OptunaTrialState) -> None:
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
         self._reported_steps.pop(trial_id, None)
